@@ -1,0 +1,63 @@
+# kd_fastai: `make demo` runs the main job, `make test` runs every test. Both set up what they need first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kd_fastai-installed
+LATEST := $(VENV)/latest-fastai
+LATEST_STAMP := $(LATEST)/.installed
+FMNIST ?= /usr/share/datasets/fashion-mnist
+# torch pins that pip finds on this kind of machine (x86_64: CUDA build from local disk; aarch64: CPU build)
+ifeq ($(shell uname -m),aarch64)
+TORCH_PINS ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+endif
+# the newest fastai line that users install next to kd_fastai; checked by `make test` too
+LATEST_FASTAI ?= fastai==2.8.12 fastcore>=2.2.22 fasttransform>=0.0.3 plum-dispatch<2.10 fastprogress>=1.0.3 fastdownload
+
+.PHONY: demo test test-nbs test-latest slow bench data install export clean-venv
+
+install: $(STAMP)
+
+$(STAMP): setup.py settings.ini
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PINS)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# the newest fastai and fastcore, installed beside (not into) the dev environment and put first on PYTHONPATH
+$(LATEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps --target $(LATEST) $(LATEST_FASTAI)
+	touch $(LATEST_STAMP)
+
+data:
+	@if [ -n "$$KD_FASTAI_FMNIST" ] || ls $(FMNIST)/train-images-idx3-ubyte* >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null; \
+	else echo "Fashion-MNIST not found: run 'sudo apt-get install dataset-fashion-mnist', or set KD_FASTAI_FMNIST to a folder holding the four idx files"; exit 1; fi
+
+demo: $(STAMP) data
+	$(BIN)/kd_fastai_distill --preset quick
+
+test: test-nbs test-latest
+
+test-nbs: $(STAMP) data
+	$(BIN)/nbdev_test --n_workers 2 --timing
+
+test-latest: $(LATEST_STAMP) data
+	PYTHONPATH=$(LATEST) $(BIN)/python -m pytest -q tests
+
+# real-data training cells (`#| slow`), not run by CI
+slow: $(STAMP) data
+	$(BIN)/nbdev_test --n_workers 1 --flags slow --timing
+
+bench: $(STAMP) data
+	$(BIN)/python bench/kd_epoch.py
+
+export: $(STAMP)
+	$(BIN)/nbdev_export && $(BIN)/nbdev_clean
+
+clean-venv:
+	rm -rf $(VENV)

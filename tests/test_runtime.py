@@ -1,0 +1,74 @@
+"""Runtime checks of the installed library, run by `make test` under the newest fastai/fastcore.
+
+The notebooks hold the real tests and run under the pinned dev toolchain (nbdev 2 needs fastcore<2); this file
+re-runs the main paths against the fastai that users install next to kd_fastai."""
+import tempfile
+from pathlib import Path
+import pytest
+import torch
+from torch import nn
+import fastai, fastcore
+from fastai.learner import Learner, load_learner
+from fastai.metrics import accuracy
+from kd_fastai.all import *
+
+
+def small_net(n_classes=3, width=8):
+    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * width, n_classes))
+
+
+def test_versions_reported():
+    print(f"fastai {fastai.__version__}, fastcore {fastcore.__version__}, torch {torch.__version__}")
+    assert fastai.__version__
+
+
+@pytest.fixture(scope='module')
+def trained_teacher():
+    dls = synthetic_dls(seed=0)
+    learn = Learner(dls, small_net(width=16), metrics=accuracy)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(2, 1e-2)
+    return dls, learn.model.train()
+
+
+def test_distill_keeps_teacher_and_exports_student(trained_teacher, tmp_path):
+    dls, teacher = trained_teacher
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    learn = Learner(dls, small_net(width=4), metrics=accuracy, path=tmp_path)
+    with learn.no_bar(), learn.no_logging(): learn.distill(teacher, 2, 1e-2)
+    assert 'teacher_agreement' in learn.recorder.metric_names
+    for k, v in teacher.state_dict().items(): assert torch.equal(v, before[k]), k
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())
+    learn.add_cb(KDCallback(teacher))
+    learn.export('s.pkl')
+    loaded = load_learner(tmp_path/'s.pkl')
+    assert 'teacher' not in loaded.kd.__dict__
+
+
+def test_kd_loss_value():
+    s, t, y = torch.tensor([[0., 0.]]), torch.tensor([[torch.log(torch.tensor(3.)).item(), 0.]]), torch.tensor([0])
+    assert abs(kd_loss(s, t, y, T=2., alpha=0.9).item() - 0.2001415) < 1e-6
+
+
+def test_models_and_summary():
+    m = get_model('model_25k_wo_dw', in_channels=1, num_classes=10)
+    assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert count_parameters(get_model('model_25k_wo_dw')) == 25298
+    df = model_summary(['model_25k_wo_dw'], (1, 28, 28))
+    assert df['trainable parameters'][0] == count_parameters(m)
+
+
+def test_fashion_mnist_loads():
+    dls = fashion_mnist_dls(bs=256, fraction=0.05, seed=0)
+    xb, yb = dls.train.one_batch()
+    assert xb.shape == (256, 1, 28, 28) and dls.c == 10
+    assert len(dls.valid_ds) == 10000
+
+
+def test_experiment_helpers(tmp_path):
+    dls = synthetic_dls(seed=0)
+    runs = [run_training(dls, lambda: small_net(width=4), 1, seed=s) for s in range(2)]
+    table = summarize_runs(runs)
+    assert table.seeds[0] == 2
+    plot_curves(runs, tmp_path/'c.png')
+    assert (tmp_path/'c.png').exists()
