@@ -1,0 +1,100 @@
+"""Runtime checks of kd_fastai.takd and kd_fastai.rco under the installed (newest) fastai: tiny synthetic fits."""
+import json
+import torch
+from torch import nn
+import pytest
+from fastai.learner import Learner
+from fastai.metrics import accuracy
+from fastai.callback.core import Callback, CancelFitException
+from kd_fastai.data import synthetic_dls
+from kd_fastai.takd import distill_chain
+from kd_fastai.rco import RouteRecorder, Route, RCOCallback, equal_schedule, load_anchor
+
+
+def small_net(n_classes=3, width=8):
+    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * width, n_classes))
+
+
+@pytest.fixture(scope='module')
+def dls(): return synthetic_dls(seed=0)
+
+
+@pytest.fixture(scope='module')
+def route(dls, tmp_path_factory):
+    folder = tmp_path_factory.mktemp('route')
+    torch.manual_seed(0)
+    learn = Learner(dls, small_net(width=16), metrics=accuracy)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(3, 1e-2, cbs=RouteRecorder(folder))
+    return Route.from_folder(folder)
+
+
+class HandOff(Callback):
+    order = 55
+    def __init__(self): self.stages = []
+    def before_fit(self):
+        kd = next((c for c in self.learn.cbs if hasattr(c, 'teacher')), None)
+        self.stages.append(dict(teacher=None if kd is None else {k: v.clone() for k, v in kd.teacher.model.state_dict().items()},
+                                states=[], losses=[]))
+    def after_epoch(self):
+        self.stages[-1]['states'].append({k: v.clone() for k, v in self.learn.model.state_dict().items()})
+        self.stages[-1]['losses'].append(self.recorder.values[-1][1])
+
+
+def test_chain_hands_off_best_weights(dls):
+    torch.manual_seed(0)
+    teacher = Learner(dls, small_net(width=16), metrics=accuracy)
+    with teacher.no_bar(), teacher.no_logging(): teacher.fit_one_cycle(2, 1e-2)
+    spy = HandOff()
+    models, table = distill_chain([teacher.model, small_net(width=8), small_net(width=4)], dls, epochs=[2, 3], T=[2., 4.], cbs=[spy])
+    assert list(table.role) == ['teacher', 'assistant 1', 'student'] and list(table.epochs) == [0, 2, 3]
+    prev = spy.stages[0]
+    best = min(range(len(prev['losses'])), key=prev['losses'].__getitem__)
+    for k, v in spy.stages[1]['teacher'].items(): assert torch.equal(v, prev['states'][best][k])
+    for k, v in models[1].state_dict().items(): assert torch.equal(v, prev['states'][best][k])
+    with pytest.raises(ValueError, match='distillation stage'): distill_chain([teacher.model, small_net()], dls, epochs=[1, 2])
+
+
+def test_rco_equal_and_resume(dls, route):
+    assert route.epochs == [1, 2, 3]
+    learn = Learner(dls, small_net(width=4), metrics=accuracy)
+    cb = RCOCallback(route, arch=small_net(width=16))
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(5, 1e-2, cbs=cb)
+    assert [h['anchor'] for h in cb.history] == equal_schedule(5, 3)
+    cb2 = RCOCallback(route, arch=small_net(width=16))
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(5, 1e-2, cbs=cb2, start_epoch=3)
+    assert [(h['epoch'], h['anchor']) for h in cb2.history] == [(3, 1), (4, 2)]  # equal_schedule(5, 3)[3:]
+    for k, v in load_anchor(route.files[2]).items(): assert torch.equal(cb2.teacher.model.state_dict()[k], v)
+
+
+class StopAfter(Callback):
+    order = 100
+    def after_epoch(self):
+        if self.epoch == 0: raise CancelFitException()
+
+
+def test_rco_greedy_resume_from_state_file(dls, route, tmp_path):
+    learn = Learner(dls, small_net(width=4), metrics=accuracy)
+    state = tmp_path/'state.json'
+    cb = RCOCallback(route, arch=small_net(width=16), schedule='greedy', threshold=0., state_file=state)
+    with learn.no_bar(), learn.no_logging(): learn.fit(4, 1e-2, cbs=[cb, StopAfter()])
+    assert [h['anchor'] for h in json.loads(state.read_text())['history']] == [0]
+    cb2 = RCOCallback(route, arch=small_net(width=16), schedule='greedy', threshold=0., state_file=state)
+    with learn.no_bar(), learn.no_logging(): learn.fit(4, 1e-2, cbs=cb2, start_epoch=1)
+    assert [h['anchor'] for h in cb2.history] == [0, 1, 2, 2]
+    cb3 = RCOCallback(route, arch=small_net(width=16), schedule='greedy', threshold=1.01)
+    with learn.no_bar(), learn.no_logging(): learn.fit(3, 1e-2, cbs=cb3)
+    assert [h['anchor'] for h in cb3.history] == [0, 0, 0]
+
+
+def test_rco_errors_before_training(dls, route, tmp_path):
+    files = [tmp_path/f'a{i}.pth' for i in range(2)]
+    for f in files: torch.save(small_net(width=16).state_dict(), f)
+    files[1].write_bytes(b'garbage')
+    learn = Learner(dls, small_net(width=4))
+    with learn.no_bar(), learn.no_logging(), pytest.raises(ValueError, match='a1.pth'):
+        learn.fit(1, cbs=RCOCallback(files, arch=small_net(width=16)))
+    with pytest.raises(FileNotFoundError, match='missing.pth'): RCOCallback([files[0], tmp_path/'missing.pth'], arch=small_net(width=16))
+    for f in files: torch.save(small_net(n_classes=5, width=16).state_dict(), f)
+    with learn.no_bar(), learn.no_logging(), pytest.raises(ValueError, match='predicts 5 classes'):
+        learn.fit(1, cbs=RCOCallback(files, arch=small_net(n_classes=5, width=16)))
