@@ -53,8 +53,10 @@ test-latest: $(LATEST_STAMP) data
 slow: $(STAMP) data
 	$(BIN)/nbdev_test --n_workers 1 --flags slow --timing
 
+# cost benchmarks (ratios measured within one run); the method comparisons are bench/{takd_rco,selfkd,stagewise}.py
 bench: $(STAMP) data
 	$(BIN)/python bench/kd_epoch.py
+	$(BIN)/python bench/teacher_cache.py
 
 export: $(STAMP)
 	$(BIN)/nbdev_export && $(BIN)/nbdev_clean

@@ -18,7 +18,7 @@ def small_net(n_classes=3, width=8):
                          nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * width, n_classes))
 
 
-class Losses(Callback):
+class CaptureTrainLosses(Callback):
     order = 90
     def before_fit(self): self.vals = []
     def after_loss(self):
@@ -27,7 +27,7 @@ class Losses(Callback):
 
 def fit_losses(dls, cb, epochs=1):
     torch.manual_seed(1)
-    learn, rec = Learner(dls, small_net(), metrics=accuracy), Losses()
+    learn, rec = Learner(dls, small_net(), metrics=accuracy), CaptureTrainLosses()
     for dl in dls.loaders: dl.rng = random.Random(0)
     with learn.no_bar(), learn.no_logging(): learn.fit(epochs, 0., cbs=[cb, rec])
     return learn, rec.vals
