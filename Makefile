@@ -14,7 +14,7 @@ else
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 endif
 # the newest fastai line that users install next to kd_fastai; checked by `make test` too
-LATEST_FASTAI ?= fastai==2.8.12 fastcore>=2.2.22 fasttransform>=0.0.3 plum-dispatch<2.10 fastprogress>=1.0.3 fastdownload
+LATEST_FASTAI ?= 'fastai==2.8.12' 'fastcore>=2.2.22' 'fasttransform>=0.0.3' 'plum-dispatch<2.10' 'fastprogress>=1.0.3' fastdownload
 
 .PHONY: demo test test-nbs test-latest slow bench data install export clean-venv
 
