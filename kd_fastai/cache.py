@@ -21,7 +21,7 @@ from fastai.callback.mixup import MixHandler
 from .data import TensorBatchDL, prepare_images
 from .losses import soft_target_loss
 from .teacher import FrozenTeacher, first_output
-from .kd import KDCallback, kd_metrics
+from .kd import KDCallback, kd_metrics, fit_distilling
 
 # %% auto #0
 __all__ = ['cache_layout', 'cache_nbytes', 'IndexedTensorBatchDL', 'indexed_dls', 'random_reasons', 'model_fingerprint',
@@ -508,10 +508,4 @@ def distill_cached(self:Learner, teacher, n_epoch:int, lr=None, # the teacher, n
                    **kwargs):
     "`Learner.distill` with the teacher's outputs cached (the training loader must be an `IndexedTensorBatchDL`)"
     cb = CachedKDCallback(teacher, path=path, T=T, alpha=alpha, loss_func=loss_func, valid_metrics=metrics, **(cache_kwargs or {}))
-    old_metrics = self.metrics
-    if metrics: self.metrics = L(old_metrics) + kd_metrics()
-    try: getattr(self, fit)(n_epoch, lr, cbs=L(cbs) + cb, **kwargs)
-    finally:
-        self.metrics = old_metrics
-        cb.teacher.restore()
-    return self
+    return fit_distilling(self, cb, n_epoch, lr, metrics=metrics, fit=fit, cbs=cbs, **kwargs)

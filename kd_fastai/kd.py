@@ -18,7 +18,7 @@ from .losses import soft_target_loss
 from .teacher import FrozenTeacher
 
 # %% auto #0
-__all__ = ['KDCallback', 'KDValue', 'kd_metrics']
+__all__ = ['KDCallback', 'KDValue', 'kd_metrics', 'fit_distilling']
 
 # %% ../nbs/04_kd.ipynb #00fef934
 class KDCallback(Callback):
@@ -107,7 +107,22 @@ def kd_metrics():
     "Validation metrics of a KD run: the distillation term and the student-teacher top-1 agreement"
     return [KDValue('kd_term', 'distill_loss'), KDValue('agreement', 'teacher_agreement')]
 
-# %% ../nbs/04_kd.ipynb #922683b9
+# %% ../nbs/04_kd.ipynb #8df43020
+def fit_distilling(learn:Learner, cb:KDCallback, n_epoch:int, lr=None, # the learner, a KD-style callback, epochs, (max) lr
+                   metrics:bool=True, # add `kd_metrics()` for this call
+                   fit:str='fit_one_cycle', # name of the Learner method that trains
+                   cbs=None, # extra callbacks for this call only
+                   **kwargs)->Learner:
+    "Run `learn.<fit>` with `cb` (and the KD metrics) for this call only; metrics and teacher are restored even if it raises"
+    old_metrics = learn.metrics
+    if metrics: learn.metrics = L(old_metrics) + kd_metrics()
+    try: getattr(learn, fit)(n_epoch, lr, cbs=L(cbs) + cb, **kwargs)
+    finally:
+        learn.metrics = old_metrics
+        cb.teacher.restore()
+    return learn
+
+# %% ../nbs/04_kd.ipynb #648a9f8b
 @patch
 @delegates(Learner.fit_one_cycle)
 def distill(self:Learner, teacher, n_epoch:int, lr=None, # the teacher, number of epochs, (max) learning rate
@@ -123,10 +138,4 @@ def distill(self:Learner, teacher, n_epoch:int, lr=None, # the teacher, number o
     "Fit for `n_epoch` while distilling `teacher` into `self.model` (Hinton KD)"
     cb = KDCallback(teacher, T=T, alpha=alpha, loss_func=loss_func, train_bn=train_bn, valid_metrics=metrics,
                     teacher_arch=teacher_arch, teacher_dtype=teacher_dtype)
-    old_metrics = self.metrics
-    if metrics: self.metrics = L(old_metrics) + kd_metrics()
-    try: getattr(self, fit)(n_epoch, lr, cbs=L(cbs) + cb, **kwargs)
-    finally:
-        self.metrics = old_metrics
-        cb.teacher.restore()
-    return self
+    return fit_distilling(self, cb, n_epoch, lr, metrics=metrics, fit=fit, cbs=cbs, **kwargs)
