@@ -153,7 +153,7 @@ _HOW = "Adapt the data first: `dls = dls.with_class_pairs()` (or `learn.dls = le
 # %% ../nbs/12_selfkd.ipynb #b5891e24
 class CSKDCallback(Callback):
     "Class-wise self-knowledge distillation (Yun et al. 2020): `CE(f(x),y) + lam*T^2*KL(softmax(f(x')/T) || softmax(f(x)/T))`"
-    order = -5  # split the batch before MixUp-style callbacks (0) and finish the loss before GradientAccumulation (11)
+    order = -5  # split the batch before MixUp-style callbacks (0) and finish the loss before GradientAccumulation (6)
     _stateattrs = ('partner_xb', 'partner_out')  # batch tensors are never pickled
     def __init__(self,
                  T=4.0, # temperature: a number or a schedule `f(pct_train)`
