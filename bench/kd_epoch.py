@@ -30,6 +30,7 @@ def kd_epoch(dls, student, teacher):
 
 
 def teacher_epoch(dls, teacher):
+    "One pass of FrozenTeacher over the training batches (what KDCallback adds per epoch)"
     t = FrozenTeacher(teacher).freeze()
     t0 = time.perf_counter()
     for xb, yb in dls.train: t(xb)

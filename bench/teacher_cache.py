@@ -20,6 +20,8 @@ from kd_fastai.models import get_model, count_parameters
 from kd_fastai.teacher import FrozenTeacher
 from kd_fastai.kd import KDCallback
 from kd_fastai.experiments import EpochTimer, to_markdown
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark, also when run via runpy
+from kd_epoch import teacher_epoch
 from kd_fastai.cache import CachedKDCallback, TeacherCache, indexed_dls, cache_fingerprint
 
 TEACHER_KW = dict(width=32, stem_stride=1)
@@ -36,16 +38,6 @@ def fit_times(dls, student, cbs, epochs=1):
     learn, timer = Learner(dls, get_model(student, in_channels=1)), EpochTimer()
     with learn.no_bar(), learn.no_logging(): learn.fit(epochs, 1e-3, cbs=[timer] + cbs)
     return timer.times
-
-
-def teacher_epoch(dls, teacher):
-    "One pass of FrozenTeacher over the shuffled training batches (what KDCallback adds per epoch)"
-    t = FrozenTeacher(teacher).freeze()
-    t0 = time.perf_counter()
-    for xb, yb in dls.train: t(xb)
-    elapsed = time.perf_counter() - t0
-    t.restore()
-    return elapsed
 
 
 def fasterai_epoch(args):
