@@ -9,26 +9,45 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['soft_target_loss', 'kd_loss', 'virtual_teacher_probs', 'virtual_teacher_loss', 'cskd_loss', 'feature_mse_loss',
-           'attention_map', 'attention_transfer_loss']
+__all__ = ['soft_target_loss', 'kd_loss', 'standardize_logits', 'dkd_parts', 'dkd_loss', 'dist_loss', 'mlkd_masks', 'mlkd_parts',
+           'mlkd_loss', 'sdd_region_weights', 'sdd_loss', 'clkd_parts', 'clkd_loss', 'virtual_teacher_probs',
+           'virtual_teacher_loss', 'cskd_loss', 'feature_mse_loss', 'attention_map', 'attention_transfer_loss']
+
+# %% ../nbs/02_losses.ipynb #c889d9ee
+# shared by the losses below: shape checks with clear messages, float32 and a detached teacher
+def _check_logits(student:Tensor, teacher:Tensor, targets:Tensor|None=None, ndim:int=2, what:str='logits of shape (B, C)'):
+    "Raise a clear `ValueError` unless student and teacher have the same `ndim`-d shape and `targets` one index per sample"
+    if student.shape != teacher.shape:
+        raise ValueError(f"Student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ in shape: "
+                         "both models must predict the same number of classes.")
+    if student.ndim != ndim: raise ValueError(f"Expected {what}, got shape {tuple(student.shape)}.")
+    if targets is not None and tuple(targets.shape) != tuple(student.shape[:1]):
+        raise ValueError(f"Expected {student.shape[0]} class indices (shape ({student.shape[0]},)) for logits "
+                         f"{tuple(student.shape)}, got targets of shape {tuple(targets.shape)}.")
+
+def _fp32_pair(student:Tensor, teacher:Tensor, standardize:bool=False):
+    "Student and (detached) teacher logits in float32, z-scored first if `standardize`"
+    s, t = student.float(), teacher.detach().float()
+    return (standardize_logits(s), standardize_logits(t)) if standardize else (s, t)
 
 # %% ../nbs/02_losses.ipynb #ec0f5297
 def soft_target_loss(student:Tensor, # student logits, shape (B, C)
                      teacher:Tensor, # teacher logits, shape (B, C), no gradient needed
                      targets:Tensor|None=None, # ignored: soft targets only
                      T:float=4.0, # softmax temperature
+                     standardize:bool=False, # z-score both logit vectors first (logit standardisation, `standardize_logits`)
                     )->Tensor:
     r"""Hinton et al. 2015, "Distilling the Knowledge in a Neural Network" (arXiv:1503.02531).
 
     $$\mathcal{L}_{KD} = T^2 \cdot \frac{1}{B}\sum_{b=1}^{B} \mathrm{KL}\big(\sigma(t_b/T)\,\|\,\sigma(s_b/T)\big)$$
 
     `batchmean` reduction (KL summed over classes, averaged over the batch) and the $T^2$ factor that keeps the
-    gradient scale independent of the temperature."""
+    gradient scale independent of the temperature. The teacher is detached."""
     if student.shape != teacher.shape:
         raise ValueError(f"Student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ in shape: "
                          "both models must predict the same number of classes.")
-    log_p_s = F.log_softmax(student.float() / T, dim=-1)
-    log_p_t = F.log_softmax(teacher.float() / T, dim=-1)
+    s, t = _fp32_pair(student, teacher, standardize)
+    log_p_s, log_p_t = F.log_softmax(s / T, dim=-1), F.log_softmax(t / T, dim=-1)
     return F.kl_div(log_p_s, log_p_t, reduction='batchmean', log_target=True) * (T * T)
 
 # %% ../nbs/02_losses.ipynb #d4909fd5
@@ -37,11 +56,186 @@ def kd_loss(student:Tensor, # student logits (B, C)
             targets:Tensor, # class indices (B,)
             T:float=4.0, # softmax temperature
             alpha:float=0.9, # weight of the soft-target term; 1-alpha goes to cross-entropy
+            standardize:bool=False, # z-score the logits of the soft-target term (KD+LS); the cross-entropy uses the raw ones
            )->Tensor:
     r"""Hinton et al. 2015: $\mathcal{L} = (1-\alpha)\,\mathrm{CE}(s, y) + \alpha\, T^2\, \mathrm{KL}(\sigma(t/T)\,\|\,\sigma(s/T))$.
 
     The CIFAR-100 benchmark setting of the KD literature is $T=4$, $\alpha=0.9$."""
-    return (1 - alpha) * F.cross_entropy(student.float(), targets) + alpha * soft_target_loss(student, teacher, T=T)
+    return (1 - alpha) * F.cross_entropy(student.float(), targets) + alpha * soft_target_loss(student, teacher, T=T, standardize=standardize)
+
+# %% ../nbs/02_losses.ipynb #cf805f77
+def standardize_logits(z:Tensor, # logits (..., C)
+                       eps:float=1e-7, # added to the standard deviation
+                       unbiased:bool=True, # True: the official code's `torch.std` (divisor C-1); False: the paper's (divisor C)
+                      )->Tensor:
+    r"""Per-sample z-score of the logits over the classes (Sun et al., CVPR 2024, logit standardisation), in float32.
+
+    $$\mathcal{Z}(z) = \frac{z - \bar z}{\mathrm{std}(z) + \epsilon}, \qquad \bar z = \tfrac1C\textstyle\sum_c z_c$$"""
+    z = z.float()
+    return (z - z.mean(-1, keepdim=True)) / (z.std(-1, keepdim=True, correction=int(unbiased)) + eps)
+
+# %% ../nbs/02_losses.ipynb #3d7cd597
+def dkd_parts(student:Tensor, # student logits (B, C)
+              teacher:Tensor, # teacher logits (B, C)
+              targets:Tensor, # class indices (B,)
+              T:float=4.0, # softmax temperature
+              standardize:bool=False, # z-score both logit vectors first (DKD+LS)
+             )->tuple[Tensor, Tensor]:
+    r"""The two terms (TCKD, NCKD) of Decoupled KD (Zhao et al., CVPR 2022), each $T^2\cdot$ KL summed and divided by B.
+
+    TCKD: $\mathrm{KL}$ between the binary (target, non-target) distributions; NCKD: between the softmaxes over the
+    non-target classes (target logit minus 1000, the official code's trick)."""
+    _check_logits(student, teacher, targets)
+    s, t = _fp32_pair(student, teacher, standardize)
+    s, t = s / T, t / T
+    gt = F.one_hot(targets.long(), s.shape[1]).float()  # 1 at the target class
+    p_s, p_t = s.softmax(1), t.softmax(1)
+    b_s = torch.stack([(p_s * gt).sum(1), (p_s * (1 - gt)).sum(1)], 1)  # (p_g, sum of the others), summed as the official code
+    b_t = torch.stack([(p_t * gt).sum(1), (p_t * (1 - gt)).sum(1)], 1)
+    n = s.shape[0]
+    tckd = F.kl_div(b_s.log(), b_t, reduction='sum') * (T * T) / n
+    nckd = F.kl_div((s - 1000. * gt).log_softmax(1), (t - 1000. * gt).softmax(1), reduction='sum') * (T * T) / n
+    return tckd, nckd
+
+def dkd_loss(student:Tensor, # student logits (B, C)
+             teacher:Tensor, # teacher logits (B, C)
+             targets:Tensor, # class indices (B,)
+             alpha:float=1.0, # weight of TCKD (target-class KD)
+             beta:float=8.0, # weight of NCKD (non-target-class KD); 2 to 8 per teacher/student pair
+             T:float=4.0, # softmax temperature
+             standardize:bool=False, # z-score both logit vectors first (DKD+LS)
+            )->Tensor:
+    r"""Decoupled KD (Zhao et al., CVPR 2022): $\alpha\,\mathrm{TCKD} + \beta\,\mathrm{NCKD}$ with the terms of `dkd_parts`.
+
+    The distillation term only: the official objective adds CE (weight 1) and warms this term up over 20 epochs."""
+    tckd, nckd = dkd_parts(student, teacher, targets, T=T, standardize=standardize)
+    return alpha * tckd + beta * nckd
+
+# %% ../nbs/02_losses.ipynb #76a87e86
+def _pearson_rows(a:Tensor, b:Tensor, eps:float=1e-8)->Tensor:
+    "Pearson correlation of each row of `a` with the same row of `b`: cosine of the centred rows, `eps` added to the norm product (as DIST's code)"
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+def dist_loss(student:Tensor, # student logits (B, C)
+              teacher:Tensor, # teacher logits (B, C)
+              targets:Tensor|None=None, # ignored
+              beta:float=1.0, # weight of the inter-class term (rows: each sample's class distribution)
+              gamma:float=1.0, # weight of the intra-class term (columns: each class across the batch)
+              T:float=4.0, # softmax temperature
+             )->Tensor:
+    r"""DIST (Huang et al., NeurIPS 2022): $T^2\big(\beta(1-\overline{\rho}_{rows}) + \gamma(1-\overline{\rho}_{cols})\big)$.
+
+    $\rho$ is the Pearson correlation between the student's and teacher's softened probabilities $\sigma(z/T)$, per
+    sample over the classes (rows) and per class over the batch (columns)."""
+    _check_logits(student, teacher)
+    s, t = _fp32_pair(student, teacher)
+    y_s, y_t = (s / T).softmax(1), (t / T).softmax(1)
+    inter = 1 - _pearson_rows(y_s, y_t).mean()
+    intra = 1 - _pearson_rows(y_s.T, y_t.T).mean()
+    return T * T * (beta * inter + gamma * intra)
+
+# %% ../nbs/02_losses.ipynb #e9cf2dc1
+def mlkd_masks(teacher:Tensor, # teacher logits (B, C) on the weak view
+               q:float=50.0, # percentile of the confidence threshold (official: the median)
+              )->tuple[Tensor, Tensor]:
+    r"""MLKD confidence masks (Jin et al., CVPR 2023): `(sample_mask (B,), class_mask (C,))`, True where the teacher's
+    confidence is at or below its `q`-th percentile: per sample the max of $\sigma(t)$, per class its sum over the batch."""
+    p = teacher.detach().float().softmax(1)
+    conf, class_conf = p.max(1).values, p.sum(0)
+    return conf <= torch.quantile(conf, q / 100), class_conf <= torch.quantile(class_conf, q / 100)
+
+def mlkd_parts(student:Tensor, # student logits (B, C) on one view
+               teacher:Tensor, # teacher logits (B, C) on the same view
+               temperatures:tuple=(2., 3., 4., 5., 6.), # each term is summed over these
+               mask:Tensor|None=None, # (B,) bool sample mask from `mlkd_masks`; scales the instance and batch terms
+               class_mask:Tensor|None=None, # (C,) bool class mask from `mlkd_masks`; scales the class term
+               standardize:bool=False, # z-score both logit vectors first (MLKD+LS)
+              )->tuple[Tensor, Tensor, Tensor]:
+    r"""The instance-, batch- and class-level MLKD terms (Jin et al., CVPR 2023), each summed over `temperatures`.
+
+    With $P=\sigma(z/T)$: $T^2\,\mathrm{KL}$ (batchmean), $\lVert PP^\top\rVert$-difference$^2$ summed / B and
+    $\lVert P^\top P\rVert$-difference$^2$ summed / C; a mask multiplies its terms by the fraction of True entries, as the official code."""
+    _check_logits(student, teacher)
+    s, t = _fp32_pair(student, teacher, standardize)
+    n, c = s.shape
+    for m, k, name in ((mask, n, 'mask'), (class_mask, c, 'class_mask')):
+        if m is not None and tuple(m.shape) != (k,): raise ValueError(f"{name} must have shape ({k},), got {tuple(m.shape)}.")
+    kd = bc = cc = s.new_zeros(())
+    for T in temperatures:
+        p_s, p_t = (s / T).softmax(1), (t / T).softmax(1)
+        kd = kd + F.kl_div((s / T).log_softmax(1), p_t, reduction='batchmean') * (T * T)
+        bc = bc + (p_t @ p_t.T - p_s @ p_s.T).pow(2).sum() / n
+        cc = cc + (p_t.T @ p_t - p_s.T @ p_s).pow(2).sum() / c
+    frac = lambda m: 1. if m is None else m.float().mean()
+    return kd * frac(mask), bc * frac(mask), cc * frac(class_mask)
+
+def mlkd_loss(student:Tensor, # student logits (B, C) on one view
+              teacher:Tensor, # teacher logits (B, C) on the same view
+              targets:Tensor|None=None, # ignored (the cross-entropy is added by the callback)
+              temperatures:tuple=(2., 3., 4., 5., 6.), # "prediction augmentation" temperatures
+              mask:Tensor|None=None, # (B,) sample mask (`mlkd_masks`, weak view); None: no scaling
+              class_mask:Tensor|None=None, # (C,) class mask (`mlkd_masks`, weak view); None: no scaling
+              kd_weight:float=0.9, # weight of the instance-level term
+              bc_weight:float=0.9, # weight of the batch-level term (0 for the strong view, as the official code)
+              cc_weight:float=0.9, # weight of the class-level term (0 for the strong view, as the official code)
+              standardize:bool=False, # z-score both logit vectors first (MLKD+LS)
+             )->Tensor:
+    r"""Multi-level logit distillation on one view pair (Jin et al., CVPR 2023): weighted sum of `mlkd_parts`,
+    $w_{kd}\,\mathcal L_{ins} + w_{bc}\,\mathcal L_{batch} + w_{cc}\,\mathcal L_{class}$."""
+    kd, bc, cc = mlkd_parts(student, teacher, temperatures, mask, class_mask, standardize)
+    return kd_weight * kd + bc_weight * bc + cc_weight * cc
+
+# %% ../nbs/02_losses.ipynb #7652995a
+def sdd_region_weights(teacher_regions:Tensor, # teacher regional logits (B, C, N), region 0 global
+                       targets:Tensor, # class indices (B,)
+                       beta:float=2.0, # weight of the complementary regions
+                      )->Tensor:
+    "SDD weights (B, N): `beta` where exactly one of the teacher's global and regional predictions is correct, else 1"
+    right = teacher_regions.argmax(1) == targets[:, None]  # (B, N): is the teacher's prediction in each region correct?
+    return (right != right[:, :1]).float() * (beta - 1) + 1
+
+def sdd_loss(student_regions:Tensor, # student regional logits (B, C, N), region 0 the global one
+             teacher_regions:Tensor, # teacher regional logits (B, C, N)
+             targets:Tensor, # class indices (B,)
+             T:float=4.0, # softmax temperature
+             beta:float=2.0, # weight of the complementary regions
+            )->Tensor:
+    r"""Scale decoupled distillation (Wei et al., CVPR 2024): $\frac1{BN}\sum_{b,n} w_{b,n}\,T^2\,\mathrm{KL}(\sigma(t_{b,n}/T)\,\|\,\sigma(s_{b,n}/T))$,
+    with the weights $w$ of `sdd_region_weights` (the official code's consistent/complementary rule)."""
+    _check_logits(student_regions, teacher_regions, targets, ndim=3, what='regional logits of shape (B, C, N)')
+    s, t = _fp32_pair(student_regions, teacher_regions)
+    kl = F.kl_div((s / T).log_softmax(1), (t / T).softmax(1), reduction='none')
+    kl = kl.masked_fill(kl.isnan(), 0.).sum(1) * (T * T)  # (B, N); NaNs zeroed as in the official code
+    return (kl * sdd_region_weights(teacher_regions, targets, beta)).mean()
+
+# %% ../nbs/02_losses.ipynb #92c86012
+def clkd_parts(student:Tensor, # student logits (B, C)
+               teacher:Tensor, # teacher logits (B, C)
+               targets:Tensor|None=None, # ignored
+              )->tuple[Tensor, Tensor, Tensor]:
+    r"""The instance, class and class-correlation terms of CLKD (Zhang et al., arXiv 2211.14773), as *reconstructed*
+    (no official code): MSE of row-normalised logits, MSE of column-normalised logits, and
+    $\lVert G_s - G_t\rVert_F^2 / C^2$ with $G = \hat Z^{col\top}\hat Z^{col}$ (C×C)."""
+    _check_logits(student, teacher)
+    s, t = _fp32_pair(student, teacher)
+    ins = F.mse_loss(F.normalize(s, dim=1), F.normalize(t, dim=1))  # each sample's logit vector
+    cs, ct = F.normalize(s, dim=0), F.normalize(t, dim=0)  # each class's logits over the batch
+    cc = (cs.T @ cs - ct.T @ ct).pow(2).sum() / s.shape[1] ** 2
+    return ins, F.mse_loss(cs, ct), cc
+
+def clkd_loss(student:Tensor, # student logits (B, C)
+              teacher:Tensor, # teacher logits (B, C)
+              targets:Tensor|None=None, # ignored (the cross-entropy is added by the callback)
+              T:float|None=None, # ignored: CLKD has no temperature (accepted so that `KDCallback` can pass one)
+              mu:float=0.5, # weight of the instance + class terms
+              beta:float=2.0, # weight of the class term relative to the instance term
+              nu:float=0.4, # weight of the class-correlation term
+             )->Tensor:
+    r"""Class-aware logit KD (Zhang et al., arXiv 2211.14773), reconstructed: $\mu(\mathcal L_{ins} + \beta\,\mathcal L_{cla}) + \nu\,\mathcal L_{cc}$
+    with the terms of `clkd_parts`; the weights are a third-party re-implementation's, not verified against the paper."""
+    ins, cla, cc = clkd_parts(student, teacher)
+    return mu * (ins + beta * cla) + nu * cc
 
 # %% ../nbs/02_losses.ipynb #96462f44
 def virtual_teacher_probs(targets:Tensor, # class indices (B,)
