@@ -59,7 +59,7 @@ bench: $(STAMP) data
 	$(BIN)/python bench/teacher_cache.py
 
 export: $(STAMP)
-	$(BIN)/nbdev_export && $(BIN)/nbdev_clean
+	$(BIN)/nbdev_clean && $(BIN)/nbdev_export
 
 clean-venv:
 	rm -rf $(VENV)
