@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['CUSTOM_SPECS', 'RESNET_LAYERS', 'MODELS', 'ZooNet', 'init_weights', 'count_parameters', 'custom_cnn', 'BasicBlock',
            'ConcatPool2d', 'resnet', 'cifar_resnet', 'PreActBlock', 'wide_resnet', 'vgg', 'UnknownModelError',
-           'resolve_model_name', 'get_model', 'model_summary']
+           'resolve_model_name', 'zoo_model', 'model_summary']
 
-# %% ../nbs/01_models.ipynb #fea9ad36
+# %% ../nbs/01_models.ipynb #a733175a
 import re, difflib, inspect
 from collections import OrderedDict
 from functools import partial
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 import pandas as pd
 
-# %% ../nbs/01_models.ipynb #7efc0118
+# %% ../nbs/01_models.ipynb #0cd4baac
 class ZooNet(nn.Sequential):
     "`nn.Sequential` of named feature blocks followed by a `head`; `name` is the zoo name, `block_names` the feature blocks in order."
     def __init__(self,
@@ -33,7 +33,7 @@ class ZooNet(nn.Sequential):
         "Names of the feature blocks in forward order (every child except 'head')."
         return [n for n in self._modules if n != 'head']
 
-# %% ../nbs/01_models.ipynb #920e0224
+# %% ../nbs/01_models.ipynb #2fa539db
 def init_weights(model:nn.Module):
     "Kaiming-normal conv weights (fan_out, relu) with zero bias; BatchNorm weight 1, bias 0. Returns `model`."
     for m in model.modules():
@@ -47,10 +47,10 @@ def init_weights(model:nn.Module):
 def count_parameters(model:nn.Module, trainable:bool=True)->int:
     "Number of parameters of `model`: only those with `requires_grad` if `trainable`, else all of them."
     if not isinstance(model, nn.Module):
-        raise TypeError(f"count_parameters expects an nn.Module, got {type(model).__name__}; build one first, e.g. get_model('resnet18').")
+        raise TypeError(f"count_parameters expects an nn.Module, got {type(model).__name__}; build one first, e.g. zoo_model('resnet18').")
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
 
-# %% ../nbs/01_models.ipynb #04250df5
+# %% ../nbs/01_models.ipynb #0b7a1e35
 _unit_re = re.compile(r'^([cs])(\d+)((?:/[sdp]\d+)*)$')
 _drop_re = re.compile(r'^(drop|drop2d)(\d*\.?\d+)$')
 
@@ -96,7 +96,7 @@ def custom_cnn(spec:str, # blocks separated by '|', tokens as in the table above
     blocks['head'] = nn.Sequential(OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(ni, num_classes)))
     return init_weights(ZooNet(blocks, name=name))
 
-# %% ../nbs/01_models.ipynb #8cea8c8c
+# %% ../nbs/01_models.ipynb #b129013d
 CUSTOM_SPECS = {
     'model_1M_wo_dw':   ('c16 c32 c32 drop.06 pool | c64 c64 drop.07 pool | c128 c128/d2 drop.07 pool | c256 c256', True),
     'model_1M_w_dw':    ('c16 c32 drop.03 s64 c64 drop.03 pool | s96 c96/d2 drop.07 s160 s220 drop.05 pool | '
@@ -113,7 +113,7 @@ CUSTOM_SPECS = {
     'model_25k_w_dw':   ('c8/p0 c14/p0 drop.05 pool | s24/p0 s32/p0 s42/p0 c54/p0 drop.08', False),
 }
 
-# %% ../nbs/01_models.ipynb #2c8b97da
+# %% ../nbs/01_models.ipynb #37405fee
 def _conv_bn(ni, nf, ks=1, stride=1):
     "A bias-free conv followed by BatchNorm, as a named `nn.Sequential` (`conv`, `bn`)."
     return nn.Sequential(OrderedDict(conv=nn.Conv2d(ni, nf, ks, stride=stride, padding=ks//2, bias=False), bn=nn.BatchNorm2d(nf)))
@@ -173,7 +173,7 @@ def resnet(layers:list, # number of basic blocks in each of the 4 stages
 RESNET_LAYERS = {'resnet10': [1,1,1,1], 'resnet14': [1,1,2,2], 'resnet18': [2,2,2,2],
                  'resnet20': [2,2,3,2], 'resnet26': [3,3,3,3], 'resnet34': [3,4,6,3]}
 
-# %% ../nbs/01_models.ipynb #d1849f29
+# %% ../nbs/01_models.ipynb #cc1cf876
 def cifar_resnet(depth:int, # 6n+2: 8, 14, 20, 32, 44, 56, 110, ...
                  widths:tuple=(16, 16, 32, 64), # stem width, then the 3 stage widths
                  in_channels:int=3, # input image channels
@@ -248,7 +248,7 @@ def vgg(convs:list, # number of convs in each of the 5 groups, e.g. [1,1,1,1,1] 
     blocks['head'] = nn.Sequential(OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(ni, num_classes)))
     return init_weights(ZooNet(blocks, name=name))
 
-# %% ../nbs/01_models.ipynb #1e65ad9a
+# %% ../nbs/01_models.ipynb #c1f9ce3e
 def _entry(fn, name, *args, **fixed):
     "A registry builder: `fn` with its architecture arguments fixed and `name` set."
     b = partial(fn, *args, name=name, **fixed)
@@ -262,9 +262,9 @@ MODELS.update({f'cifar_resnet{d}x4': _entry(cifar_resnet, f'cifar_resnet{d}x4', 
 MODELS.update({f'wrn_{d}_{k}': _entry(wide_resnet, f'wrn_{d}_{k}', d, k) for d, k in ((16, 2), (40, 1), (40, 2))})
 MODELS.update({'vgg8': _entry(vgg, 'vgg8', [1]*5), 'vgg13': _entry(vgg, 'vgg13', [2]*5)})
 
-# %% ../nbs/01_models.ipynb #e17fef47
+# %% ../nbs/01_models.ipynb #6ba71ce2
 class UnknownModelError(KeyError, ValueError):
-    "Raised by `get_model` for a name not in `MODELS` (catchable as `KeyError` or `ValueError`)."
+    "Raised by `zoo_model` for a name not in `MODELS` (catchable as `KeyError` or `ValueError`)."
     def __str__(self): return str(self.args[0]) if self.args else ''
 
 def _norm_name(s): return re.sub(r'[\s_\-]', '', s.lower())
@@ -274,9 +274,9 @@ def resolve_model_name(name:str)->str:
     if not isinstance(name, str):
         what = f"the class {name.__name__}" if isinstance(name, type) else f"a {type(name).__name__}"
         hint = (" To use your own module, pass the instance itself where one is accepted (e.g. `model_summary`, or as teacher/student);"
-                " get_model only builds zoo models by name." if isinstance(name, nn.Module) or
+                " zoo_model only builds zoo models by name." if isinstance(name, nn.Module) or
                 (isinstance(name, type) and issubclass(name, nn.Module)) else "")
-        raise TypeError(f"get_model expects a model name (str) such as 'resnet18', got {what}.{hint} Valid names: {', '.join(MODELS)}.")
+        raise TypeError(f"zoo_model expects a model name (str) such as 'resnet18', got {what}.{hint} Valid names: {', '.join(MODELS)}.")
     if name in MODELS: return name
     by_norm = {_norm_name(k): k for k in MODELS}
     if _norm_name(name) in by_norm: return by_norm[_norm_name(name)]
@@ -285,7 +285,7 @@ def resolve_model_name(name:str)->str:
     sugg = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise UnknownModelError(f"Unknown model name {name!r}.{sugg} Valid names: {', '.join(MODELS)}.")
 
-def get_model(name:str, # a key of `MODELS` (case, '_' and '-' are ignored)
+def zoo_model(name:str, # a key of `MODELS` (case, '_' and '-' are ignored)
               in_channels:int=3, # input image channels (1 for Fashion-MNIST)
               num_classes:int=10, # number of logits
               **kwargs, # family options: `width`, `stem_stride` (resnet10..34), `drop_rate` (wrn_*)
@@ -294,18 +294,21 @@ def get_model(name:str, # a key of `MODELS` (case, '_' and '-' are ignored)
     key = resolve_model_name(name)
     for arg, v in (('in_channels', in_channels), ('num_classes', num_classes)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"get_model: {arg} must be a positive int, got {v!r}.")
+            raise ValueError(f"zoo_model: {arg} must be a positive int, got {v!r}.")
     builder = MODELS[key]
     fixed = set(builder.keywords) | {'in_channels', 'num_classes', 'name'}
     params = list(inspect.signature(builder.func).parameters)[len(builder.args):]
     allowed = [p for p in params if p not in fixed]
     bad = [k for k in kwargs if k not in allowed]
     if bad:
-        raise TypeError(f"get_model({key!r}) got unexpected keyword argument(s) {bad}; "
+        raise TypeError(f"zoo_model({key!r}) got unexpected keyword argument(s) {bad}; "
                         f"this model accepts {allowed if allowed else 'no extra arguments'}.")
     return builder(in_channels=in_channels, num_classes=num_classes, **kwargs)
 
-# %% ../nbs/01_models.ipynb #03e8555d
+# %% ../nbs/01_models.ipynb #37a4a571
+get_model = zoo_model  # the name before 0.2 (not in __all__: fastai.vision.all has its own get_model)
+
+# %% ../nbs/01_models.ipynb #3a978325
 _containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 def _activation_numel(model, x):
@@ -349,7 +352,7 @@ def model_summary(models_or_names, # a zoo name, an `nn.Module`, or a list of th
         raise ValueError(f"model_summary: input_shape must be (channels, height, width), got {input_shape!r}.")
     rows = []
     for m in models_or_names:
-        if isinstance(m, str): m = get_model(m, in_channels=input_shape[0], num_classes=num_classes)
+        if isinstance(m, str): m = zoo_model(m, in_channels=input_shape[0], num_classes=num_classes)
         elif not isinstance(m, nn.Module):
             raise TypeError(f"model_summary expects zoo names or nn.Module instances, got {type(m).__name__}.")
         name = m.name if isinstance(getattr(m, 'name', None), str) else type(m).__name__
