@@ -194,7 +194,7 @@ def prepare_images(x:torch.Tensor, mean=FMNIST_MEAN, std=FMNIST_STD, size=None, 
         x = x.expand(-1, channels, -1, -1).contiguous()
     return x
 
-# %% ../nbs/00_data.ipynb #19461fa1
+# %% ../nbs/00_data.ipynb #db68ab17
 class RandomCropFlip(RandTransform):
     "Training-batch augmentation: each image randomly cropped after zero padding, and randomly flipped horizontally"
     order = 25  # after IntToFloatTensor (10), ResizeBatch (20), RepeatChannels (21); before fastai's affine (30), lighting (40), Normalize (99)
@@ -237,7 +237,7 @@ class RepeatChannels(Transform):
         if x.shape[1] != 1: raise ValueError(f"can only repeat 1-channel images to {self.channels} channels, got {x.shape[1]}")
         return x.expand(-1, self.channels, -1, -1).contiguous()
 
-# %% ../nbs/00_data.ipynb #d1524849
+# %% ../nbs/00_data.ipynb #d5277055
 def _image_type(c): return TensorImageBW if c == 1 else TensorImage
 
 class ToTensorImage(Transform):
@@ -305,7 +305,7 @@ class TensorImageData(Datasets):
         shape = tuple(self.x.shape[1:]) if isinstance(self.x, torch.Tensor) else '?'
         return f"{type(self).__name__}({len(self)} images of {shape}, {self.c} classes)"
 
-# %% ../nbs/00_data.ipynb #28b2f42a
+# %% ../nbs/00_data.ipynb #04630004
 class TensorImageDL(TfmdDL):
     "fastai `TfmdDL` that makes a batch of a `TensorImageData` by one tensor indexing; other data sets go item by item"
     def __init__(self, dataset=None, bs=64, shuffle=False, num_workers=0, **kwargs):
@@ -329,7 +329,7 @@ class TensorImageDL(TfmdDL):
     def create_batch(self, b): return self.dataset.batch(b) if self._fast else super().create_batch(b)
     def retain(self, res, b): return res if self._fast else super().retain(res, b)
 
-# %% ../nbs/00_data.ipynb #43a234cf
+# %% ../nbs/00_data.ipynb #57b8776f
 def image_stats(x:torch.Tensor, chunk=10000):
     "Per-channel `(mean, std)` of uint8 images `x` [N,C,H,W] on the 0..1 scale, as tuples of floats"
     if len(x) == 0: raise ValueError("cannot compute normalisation stats of an empty data set: pass mean= and std=")
@@ -381,7 +381,7 @@ def tensor_image_dls(train:TensorImageData, # training images: shuffled, random 
     return DataLoaders(trn, val, *[val.new(_with_split(d, 1)) for d in valid[1:]], path=path,
                        device=device if device is not None else default_device())
 
-# %% ../nbs/00_data.ipynb #76872709
+# %% ../nbs/00_data.ipynb #5643f8e6
 def _synthetic_images(n, n_classes, size, channels, g):
     "`n` noisy uint8 images, class `c` with a bright square at grid cell `c`, and balanced labels"
     side = math.ceil(math.sqrt(n_classes))
@@ -406,7 +406,7 @@ def synthetic_dls(n_train=64, n_valid=32, n_classes=3, size=8, channels=1, bs=16
     val = TensorImageData(*_synthetic_images(n_valid, n_classes, size, channels, g), vocab)
     return tensor_image_dls(trn, val, bs=bs, augment=augment, batch_tfms=batch_tfms, device=device)
 
-# %% ../nbs/00_data.ipynb #7349b1da
+# %% ../nbs/00_data.ipynb #ee9e6087
 def fashion_mnist_dls(bs=128,        # training batch size
                       fraction=1.0,  # fraction of the training set to train on (stratified)
                       seed=42,       # seed of the stratified subset
@@ -436,7 +436,7 @@ def fashion_mnist_tensors(split='train', normalize=True, path=None, size=None, c
     x, y = (xt, yt) if split == 'train' else (xv, yv)
     return (prepare_images(x, FMNIST_MEAN, FMNIST_STD, size, channels) if normalize else x), y
 
-# %% ../nbs/00_data.ipynb #728c3c9e
+# %% ../nbs/00_data.ipynb #9be04c67
 class TensorBatchDL(DataLoader):
     "Deprecated: fastai `DataLoader` over a `TensorImageData`, batches by one tensor indexing, `prepare_images` per batch"
     n_inp = 1
