@@ -55,6 +55,7 @@ slow: $(STAMP) data
 
 # cost benchmarks (ratios measured within one run); the method comparisons are bench/{takd_rco,selfkd,stagewise}.py
 bench: $(STAMP) data
+	$(BIN)/python bench/loaders.py
 	$(BIN)/python bench/kd_epoch.py
 	$(BIN)/python bench/teacher_cache.py
 

@@ -17,13 +17,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from fastai.data.core import DataLoaders
-from kd_fastai.data import fashion_mnist_dls, TensorBatchDL, TensorImageData, FMNIST_MEAN, FMNIST_STD
+from kd_fastai.data import fashion_mnist_dls, TensorImageDL, TensorImageData
 from kd_fastai.models import get_model, count_parameters
 from kd_fastai.experiments import run_training, mean_std, to_markdown
 from kd_fastai.stagewise import *  # noqa: F401,F403 (patches Learner.fit_stagewise / fit_simultaneous)
 
 
-class SampledDL(TensorBatchDL):
+class SampledDL(TensorImageDL):
     "Training loader whose epoch is `n` images drawn at random (without replacement) from the whole data set"
     def get_idxs(self): return self.rng.sample(range(len(self.dataset)), self.n)
 
@@ -32,7 +32,7 @@ def make_dls(fraction, samples, bs, n_valid, seed=42):
     dls = fashion_mnist_dls(bs=bs, fraction=fraction, seed=seed, device='cpu')
     trn = dls.train
     if len(trn.dataset) > samples:
-        trn = SampledDL(trn.dataset, bs=bs, shuffle=True, drop_last=True, n=samples, mean=FMNIST_MEAN, std=FMNIST_STD)
+        trn = trn.new(cls=SampledDL, n=samples)  # same data set and batch transforms, `samples` random images per epoch
     test = dls.valid
     vds = test.dataset
     small = test.new(TensorImageData(vds.x[:n_valid, 0], vds.y[:n_valid], vds.vocab), shuffle=False, drop_last=False)

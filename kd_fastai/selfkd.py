@@ -40,7 +40,7 @@ def _class_id(y):
 def loader_labels(dl)->list:
     "The class of every item of the data set of fastai loader `dl`, as a list of hashable ids"
     ds = dl.dataset
-    if getattr(type(dl), 'labels', None) is not None: ys = dl.labels          # kd_fastai's TensorBatchDL
+    if getattr(type(dl), 'labels', None) is not None and getattr(ds, 'y', None) is not None: ys = dl.labels  # kd_fastai's loaders
     elif hasattr(ds, 'tls') and hasattr(ds, 'n_inp') and len(ds.tls) > ds.n_inp:  # fastai Datasets: targets only
         tl = ds.tls[ds.n_inp]
         ys = [tl[i] for i in range(len(tl))]
