@@ -15,10 +15,11 @@ from .experiments import *
 from .takd import *
 from .rco import *
 from .selfkd import *
+from .features import *
 from .stagewise import *
 from .cache import *
 from . import (data as _data, models as _models, losses as _losses, teacher as _teacher, kd as _kd,
                        experiments as _experiments, takd as _takd, rco as _rco, selfkd as _selfkd,
-                       stagewise as _stagewise, cache as _cache)
+                       features as _features, stagewise as _stagewise, cache as _cache)
 # a star import of this module re-exports every module's public names (`Learner.distill` etc. are patched on import)
-__all__ = [n for _m in (_data, _models, _losses, _teacher, _kd, _experiments, _takd, _rco, _selfkd, _stagewise, _cache) for n in _m.__all__]
+__all__ = [n for _m in (_data, _models, _losses, _teacher, _kd, _experiments, _takd, _rco, _selfkd, _features, _stagewise, _cache) for n in _m.__all__]
