@@ -152,7 +152,7 @@ def add_params(opt, params)->list:
     pl = opt.param_lists[-1]
     if isinstance(pl, list): pl.extend(new)  # OptimWrapper: the torch param group's own list
     else: opt.param_lists[-1] = L(pl) + L(new)
-    for p in new: opt.state[p]['force_train'] = True  # `freeze_to` leaves them trainable
+    for p in new: opt.state.setdefault(p, {})['force_train'] = True  # `freeze_to` leaves them trainable (state: a plain dict after load_state_dict)
     return new
 
 def remove_params(opt, params):
