@@ -15,7 +15,7 @@ from .losses import feature_mse_loss
 from .teacher import FrozenTeacher
 from .restore import FitScopedCallback
 from .kd import KDCallback
-from .features import find_module, feature_pairs, FeatureDistillCallback, StopAt, feature_stage, feature_metrics
+from .features import *  # the names kd_fastai.stagewise had before the split stay importable from it
 
 # %% auto #0
 __all__ = ['TrainOnly', 'KeepBest', 'StagewiseDistiller', 'plot_stages']
