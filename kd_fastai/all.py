@@ -17,8 +17,9 @@ from .rco import *
 from .selfkd import *
 from .stagewise import *
 from .cache import *
+from .cached_kd import *
 from . import (data as _data, models as _models, losses as _losses, teacher as _teacher, kd as _kd,
                        experiments as _experiments, takd as _takd, rco as _rco, selfkd as _selfkd,
-                       stagewise as _stagewise, cache as _cache)
+                       stagewise as _stagewise, cache as _cache, cached_kd as _cached_kd)
 # a star import of this module re-exports every module's public names (`Learner.distill` etc. are patched on import)
-__all__ = [n for _m in (_data, _models, _losses, _teacher, _kd, _experiments, _takd, _rco, _selfkd, _stagewise, _cache) for n in _m.__all__]
+__all__ = [n for _m in (_data, _models, _losses, _teacher, _kd, _experiments, _takd, _rco, _selfkd, _stagewise, _cache, _cached_kd) for n in _m.__all__]
