@@ -22,7 +22,8 @@ from kd_fastai.kd import KDCallback
 from kd_fastai.experiments import EpochTimer, to_markdown
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark, also when run via runpy
 from kd_epoch import teacher_epoch
-from kd_fastai.cache import CachedKDCallback, TeacherCache, indexed_dls, cache_fingerprint
+from kd_fastai.cache import TeacherCache, cache_fingerprint
+from kd_fastai.cached_kd import CachedKDCallback
 
 TEACHER_KW = dict(width=32, stem_stride=1)
 
@@ -55,7 +56,7 @@ def main(args):
     if args.fasterai_only:
         print(json.dumps({'fasterai': fasterai_epoch(args)}))
         return
-    dls = indexed_dls(fashion_mnist_dls(bs=args.bs, fraction=args.fraction, seed=0, val_bs=512))
+    dls = fashion_mnist_dls(bs=args.bs, fraction=args.fraction, seed=0, val_bs=512)
     teacher = make_teacher(args.teacher)
     n = len(dls.train_ds)
     fit_times(dls, args.student, [])  # warm-up

@@ -5,11 +5,12 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/90_all.ipynb #034d27d8
+# %% ../nbs/90_all.ipynb #8d6b52d8
 from .data import *
 from .models import *
 from .losses import *
 from .teacher import *
+from .restore import *
 from .kd import *
 from .experiments import *
 from .takd import *
@@ -18,9 +19,9 @@ from .selfkd import *
 from .features import *
 from .stagewise import *
 from .cache import *
-from .restore import *
-from . import (data as _data, models as _models, losses as _losses, teacher as _teacher, kd as _kd,
-                       experiments as _experiments, takd as _takd, rco as _rco, selfkd as _selfkd,
-                       features as _features, stagewise as _stagewise, cache as _cache, restore as _restore)
+from .cached_kd import *
+import kd_fastai
 # a star import of this module re-exports every module's public names (`Learner.distill` etc. are patched on import)
-__all__ = [n for _m in (_data, _models, _losses, _teacher, _kd, _experiments, _takd, _rco, _selfkd, _features, _stagewise, _cache, _restore) for n in _m.__all__]
+_MODULES = ('data', 'models', 'losses', 'teacher', 'restore', 'kd', 'experiments', 'takd', 'rco', 'selfkd',
+            'features', 'stagewise', 'cache', 'cached_kd')
+__all__ = list(dict.fromkeys(n for m in _MODULES for n in getattr(kd_fastai, m).__all__))

@@ -1,21 +1,35 @@
-"""Runtime checks of kd_fastai.cache under the newest fastai/fastcore (the notebook nbs/14_cache.ipynb holds the full tests)."""
+"""Runtime checks of kd_fastai.cache / kd_fastai.cached_kd under the newest fastai/fastcore (the notebooks
+nbs/14_cache.ipynb and nbs/15_cached_kd.ipynb hold the full tests)."""
 import random, warnings
+from pathlib import Path
+import numpy as np
 import pytest
 import torch
 from torch import nn
+from PIL import Image
 from fastai.learner import Learner
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.mixup import MixUp
 from fastai.metrics import accuracy
+from fastai.vision.all import (DataBlock, ImageBlock, PILImageBW, CategoryBlock, get_image_files, parent_label,
+                               RandomSplitter, Resize, ResizeMethod, Normalize, aug_transforms, vision_learner)
+from torchvision.models import resnet18
 from kd_fastai.data import synthetic_dls
 from kd_fastai.kd import KDCallback
 from kd_fastai.teacher import FrozenTeacher
-from kd_fastai.cache import (CachedKDCallback, TeacherCache, IndexedTensorBatchDL, indexed_dls,
-                             cache_nbytes, random_reasons)
+from kd_fastai.cache import TeacherCache, cache_nbytes, data_fingerprint, transform_fingerprint, input_signature
+from kd_fastai.cached_kd import CachedKDCallback, random_reasons, indexed_dls
 
 
 def small_net(n_classes=3, width=8):
     return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * width, n_classes))
+
+
+class Counting(nn.Module):
+    "A teacher that counts the images it has seen"
+    def __init__(self, m): super().__init__(); self.m, self.seen = m, 0
+    def forward(self, x): self.seen += len(x); return self.m(x)
 
 
 class CaptureTrainLosses(Callback):
@@ -25,74 +39,157 @@ class CaptureTrainLosses(Callback):
         if self.training: self.vals.append(self.learn.loss.item())
 
 
-def fit_losses(dls, cb, epochs=1):
+def fit_losses(dls, cbs, epochs=1, model=None):
     torch.manual_seed(1)
-    learn, rec = Learner(dls, small_net(), metrics=accuracy), CaptureTrainLosses()
+    learn, rec = Learner(dls, model or small_net(), metrics=accuracy), CaptureTrainLosses()
     for dl in dls.loaders: dl.rng = random.Random(0)
-    with learn.no_bar(), learn.no_logging(): learn.fit(epochs, 0., cbs=[cb, rec])
+    with learn.no_bar(), learn.no_logging(): learn.fit(epochs, 0., cbs=list(cbs if isinstance(cbs, list) else [cbs]) + [rec])
     return learn, rec.vals
 
 
+def png_folder(d, n=24, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    for c in range(3):
+        (Path(d)/f'c{c}').mkdir(parents=True, exist_ok=True)
+        for i in range(n // 3):
+            im = rng.integers(0, 100, (size, size), dtype=np.uint8)
+            im[4*c:4*c+5, 4*c:4*c+5] += 150
+            Image.fromarray(im).save(Path(d)/f'c{c}'/f'{i}.png')
+    return Path(d)
+
+
+def block_dls(d, size=12, batch_tfms=None, mean=0.3, std=0.3, bs=4):
+    db = DataBlock(blocks=(ImageBlock(cls=PILImageBW), CategoryBlock), get_items=get_image_files, get_y=parent_label,
+                   splitter=RandomSplitter(0.25, seed=0), item_tfms=Resize(size, method=ResizeMethod.Squish),
+                   batch_tfms=list(batch_tfms or []) + [Normalize.from_stats(mean, std)])
+    return db.dataloaders(d, bs=bs, device='cpu')
+
+
 @pytest.fixture(scope='module')
-def setup():
+def teacher():
     torch.manual_seed(0)
-    return small_net(width=16), indexed_dls(synthetic_dls(n_train=64, n_valid=24, bs=16, seed=0, device='cpu'))
+    return small_net(width=16)
 
 
-def test_cached_equals_recomputed(setup):
-    teacher, dls = setup
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory): return png_folder(tmp_path_factory.mktemp('images'))
+
+
+@pytest.mark.parametrize('kind', ['synthetic', 'datablock'])
+def test_cached_equals_recomputed_and_fills_once(teacher, folder, kind):
+    dls = synthetic_dls(n_train=64, n_valid=24, bs=16, seed=0, device='cpu') if kind == 'synthetic' else block_dls(folder)
     _, ref = fit_losses(dls, KDCallback(teacher), epochs=2)
-    cb = CachedKDCallback(teacher, verbose=False)
-    learn, got = fit_losses(dls, cb, epochs=2)
-    assert len(got) == len(ref) == 8
-    assert max(abs(a - b) for a, b in zip(got, ref)) < 1e-3
-    assert cb.caches['train'].nbytes == 64 * 3 * 2 and 'valid' in cb.caches
-    assert teacher.training and not dls.train.with_keys
+    counted = Counting(teacher)
+    cb = CachedKDCallback(counted, verbose=False)
+    _, got = fit_losses(dls, cb, epochs=2)
+    assert len(got) == len(ref) and max(abs(a - b) for a, b in zip(got, ref)) < 1e-3
+    assert counted.seen == len(dls.train_ds) + len(dls.valid_ds)
+    assert teacher.training and 'get_idxs' not in dls.train.__dict__
 
 
-def test_disk_cache_restart_and_invalidation(setup, tmp_path):
-    teacher, dls = setup
-    c1 = CachedKDCallback(teacher, path=tmp_path, verbose=False)
-    fit_losses(dls, c1)
-    c2 = CachedKDCallback(teacher, path=tmp_path, verbose=False)
+def test_vision_learner_teacher_and_workers(folder):
+    "a vision_learner resnet18 teacher on a DataBlock loader read by worker processes"
+    dls = block_dls(folder, size=16)
+    torch.manual_seed(0)
+    t = vision_learner(dls, resnet18, pretrained=False, n_in=1).model
+    dls.train = dls.train.new(num_workers=2)
+    _, ref = fit_losses(dls, KDCallback(t))
+    _, got = fit_losses(dls, CachedKDCallback(t, verbose=False))
+    assert len(got) == len(ref) and max(abs(a - b) for a, b in zip(got, ref)) < 2e-3
+    assert t.training
+
+
+def test_fingerprint_follows_transforms_and_files(tmp_path):
+    d = png_folder(tmp_path/'images')
+    base = block_dls(d).train
+    tf, df = transform_fingerprint(base), data_fingerprint(base)
+    assert transform_fingerprint(block_dls(d, size=10).train) != tf
+    assert transform_fingerprint(block_dls(d, mean=0.4).train) != tf
+    base.one_batch()
+    assert transform_fingerprint(base) == tf
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(base.dataset.items[0])
+    assert data_fingerprint(base) != df
+
+
+def test_disk_cache_restart_and_invalidation(teacher, tmp_path):
+    d = png_folder(tmp_path/'images')
+    c1 = CachedKDCallback(teacher, path=tmp_path/'cache', verbose=False)
+    fit_losses(block_dls(d), c1)
+    c2 = CachedKDCallback(teacher, path=tmp_path/'cache', verbose=False)
     with warnings.catch_warnings():
         warnings.filterwarnings('error', message='.*teacher cache')
-        fit_losses(dls, c2)
+        fit_losses(block_dls(d), c2)
     assert c2.caches['train'].fill_seconds is None
-    assert torch.equal(c2.caches['train'].lookup(range(64)), c1.caches['train'].lookup(range(64)))
-    t2 = small_net(width=16)
-    with pytest.warns(UserWarning, match='different teacher'): fit_losses(dls, CachedKDCallback(t2, path=tmp_path, verbose=False))
-    other = indexed_dls(synthetic_dls(n_train=64, n_valid=24, bs=16, seed=3, device='cpu'))
-    with pytest.warns(UserWarning, match='different data'): fit_losses(other, CachedKDCallback(t2, path=tmp_path, verbose=False))
+    with pytest.warns(UserWarning, match='different transforms'):
+        fit_losses(block_dls(d, mean=0.4), CachedKDCallback(teacher, path=tmp_path/'cache', verbose=False))
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(block_dls(d).train_ds.items[0])
+    with pytest.warns(UserWarning, match='different data'):
+        fit_losses(block_dls(d, mean=0.4), CachedKDCallback(teacher, path=tmp_path/'cache', verbose=False))
+    with pytest.warns(UserWarning, match='different teacher'):
+        fit_losses(block_dls(d, mean=0.4), CachedKDCallback(small_net(width=16), path=tmp_path/'cache', verbose=False))
 
 
-def test_augmentation_refused_or_replayed(setup):
-    teacher, _ = setup
-    aug = indexed_dls(synthetic_dls(n_train=32, bs=16, augment=True, device='cpu'))
-    assert random_reasons(aug.train)
-    with pytest.raises(ValueError, match='training loader is random'): fit_losses(aug, CachedKDCallback(teacher, verbose=False))
-    views = indexed_dls(synthetic_dls(n_train=32, bs=16, augment=True, device='cpu'), views=2)
+def test_refusals_and_input_check(teacher, folder):
+    assert any('Flip' in w for w in random_reasons(block_dls(folder, batch_tfms=aug_transforms()).train))
+    with pytest.raises(ValueError, match='random transform Flip'):
+        fit_losses(block_dls(folder, batch_tfms=aug_transforms()), CachedKDCallback(teacher, verbose=False))
+    with pytest.raises(ValueError, match='MixUp mixes'):
+        fit_losses(block_dls(folder), [CachedKDCallback(teacher, verbose=False), MixUp()])
+
+    class Perturb(Callback):
+        def before_batch(self):
+            if self.training: self.learn.xb = (self.x + 0.3 * torch.randn_like(self.x),)
+    with pytest.raises(RuntimeError, match='Perturb'):
+        fit_losses(block_dls(folder), [CachedKDCallback(teacher, verbose=False), Perturb()])
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())
+
+
+def test_inert_outside_training_and_export(teacher, folder, tmp_path):
+    dls = block_dls(folder)
+    counted = Counting(teacher)
+    learn = Learner(dls, small_net(), cbs=CachedKDCallback(counted, verbose=False), path=tmp_path)
+    with learn.no_bar(), learn.no_logging():
+        learn.validate(); learn.get_preds(); learn.predict(dls.valid_ds.items[0])
+    assert counted.seen == 0 and learn.cached_kd.caches == {} and 'get_idxs' not in dls.train.__dict__
+    learn.export('s.pkl')
+    from fastai.learner import load_learner
+    l2 = load_learner(tmp_path/'s.pkl')
+    assert not {'teacher', 'caches'} & set(l2.cached_kd.__dict__)
+    with l2.no_bar(): l2.predict(dls.valid_ds.items[0])
+
+
+class Boom(Callback):
+    order = 95
+    def __init__(self, exc): self.exc = exc
+    def after_batch(self):
+        if self.training and self.iter == 1: raise self.exc
+
+
+@pytest.mark.parametrize('attached', [True, False])
+@pytest.mark.parametrize('exc', [None, CancelFitException, RuntimeError])
+def test_restore_guarantees(teacher, folder, attached, exc):
+    dls = block_dls(folder)
+    trn, ab = dls.train, dls.train.after_batch
     cb = CachedKDCallback(teacher, verbose=False)
-    fit_losses(views, cb)
-    assert cb.caches['train'].n_items == 64
-    with pytest.raises(TypeError, match='indexed_dls'): fit_losses(synthetic_dls(device='cpu'), CachedKDCallback(teacher, verbose=False))
+    learn = Learner(dls, small_net(), cbs=cb if attached else None)
+    cbs = ([] if attached else [cb]) + ([Boom(exc('x'))] if exc else [])
+    with learn.no_bar(), learn.no_logging():
+        if exc is RuntimeError:
+            with pytest.raises(RuntimeError): learn.fit(1, cbs=cbs)
+        else: learn.fit(1, cbs=cbs)
+    assert trn.after_batch is ab and 'get_idxs' not in trn.__dict__ and 'get_idxs' not in dls.valid.__dict__
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters()) and not cb.active
 
 
-def test_workers_carry_indices():
-    dls = indexed_dls(synthetic_dls(n_train=48, bs=16, seed=0, device='cpu'))
-    dl = dls.train.new(num_workers=2, with_keys=True)
-    for xb, yb, keys in dl: assert torch.equal(yb, dl.dataset.y[keys])
-
-
-def test_sizes_topk_and_fast_teacher(tmp_path):
+def test_storage_and_signatures(tmp_path):
     assert cache_nbytes(60000, 10) == 1_200_000
-    logits = torch.randn(10, 5)
-    c = TeacherCache(10, n_classes=5, topk=2, path=tmp_path).fill(nn.Identity(), [((logits,), torch.arange(10))])
-    assert sum(f.stat().st_size for f in tmp_path.glob('*.bin')) == c.nbytes == 10 * 2 * 3
-    assert 'top-2' in TeacherCache.load(tmp_path).report()
-    m, x = small_net(), torch.randn(4, 1, 8, 8)
-    ft = FrozenTeacher(m, dtype=torch.bfloat16)
-    ref = FrozenTeacher(m)
-    assert (ft(x) - ref(x)).abs().max() < 0.1
-    ref.restore(); ft.restore()  # nested freezes unwind last-in first-out
+    logits, x = torch.randn(10, 5), torch.randn(10, 1, 4, 4)
+    c = TeacherCache(10, n_classes=5, topk=2, path=tmp_path, sig_dim=4).fill(nn.Identity(), [((logits,), torch.arange(10))])
+    assert sum(f.stat().st_size for f in tmp_path.glob('*.bin')) == c.nbytes == 10 * 2 * 3 + 10 * 4 * 4
+    assert input_signature(x).shape == (10, 4)
+    with pytest.warns(DeprecationWarning): assert indexed_dls('dls') == 'dls'
+    m = small_net()
+    ft, ref, xb = FrozenTeacher(m, dtype=torch.bfloat16), FrozenTeacher(m), torch.randn(4, 1, 8, 8)
+    assert (ft(xb) - ref(xb)).abs().max() < 0.1
+    ref.restore(); ft.restore()
     assert m.training
