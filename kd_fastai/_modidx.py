@@ -425,5 +425,7 @@ d = { 'settings': { 'branch': 'main',
                                    'kd_fastai.teacher.FrozenTeacher.to': ('teacher.html#frozenteacher.to', 'kd_fastai/teacher.py'),
                                    'kd_fastai.teacher._is_bn_buffer': ('teacher.html#_is_bn_buffer', 'kd_fastai/teacher.py'),
                                    'kd_fastai.teacher._load_file': ('teacher.html#_load_file', 'kd_fastai/teacher.py'),
+                                   'kd_fastai.teacher._strides_4d': ('teacher.html#_strides_4d', 'kd_fastai/teacher.py'),
+                                   'kd_fastai.teacher._tensors': ('teacher.html#_tensors', 'kd_fastai/teacher.py'),
                                    'kd_fastai.teacher.as_module': ('teacher.html#as_module', 'kd_fastai/teacher.py'),
                                    'kd_fastai.teacher.first_output': ('teacher.html#first_output', 'kd_fastai/teacher.py')}}}
