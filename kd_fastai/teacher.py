@@ -123,6 +123,13 @@ class FrozenTeacher:
         if 'bn' in s: m.load_state_dict(s['bn'], strict=False)
         return self
 
+    def load_state_dict(self, state:dict):
+        "Load new weights into the teacher (e.g. the next RCO anchor); `restore` then keeps them, BatchNorm statistics included"
+        self.model.load_state_dict(state)
+        if self.frozen and 'bn' in self._saved:
+            self._saved['bn'] = {k: v.clone() for k, v in self.model.state_dict().items() if _is_bn_buffer(self.model, k)}
+        return self
+
     def to(self, device=None, memory_format=None):
         "Move the teacher (only when needed) to `device` and/or `memory_format`"
         if device is not None and self.device() not in (None, torch.device(device)): self.model.to(device)
