@@ -123,3 +123,18 @@ def test_rco_inert_in_inference(dls, route, tmp_path):
         learn.validate(); learn.get_preds(); learn.get_preds()
         learn.lr_find(num_it=5, show_plot=False)
     assert cb.loads == 0 and cb.anchor is None and not cb.active
+
+
+def test_rco_distils_from_the_current_anchor(dls, route):
+    from kd_fastai.losses import kd_loss
+    class Cap(Callback):
+        order = RCOCallback.order + 1
+        def after_loss(self):
+            if self.training and not hasattr(self, 'got'):
+                self.got = (self.pred.detach(), self.yb[0], self.learn.loss_grad.detach().clone(), self.xb[0], self.learn.rco.anchor)
+    cap, learn = Cap(), Learner(dls, small_net(width=4))
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=[RCOCallback(route, arch=small_net(width=16), T=3., alpha=0.7), cap])
+    pred, y, lg, x, a = cap.got
+    t = small_net(width=16); t.load_state_dict(load_anchor(route.files[a])); t.eval()
+    with torch.no_grad(): expected = kd_loss(pred, t(x), y, T=3., alpha=0.7)
+    assert torch.allclose(lg, expected, atol=1e-5)  # the KD loss against the anchor, not the plain task loss
