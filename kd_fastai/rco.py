@@ -15,6 +15,7 @@ from fastai.learner import Recorder
 from .losses import soft_target_loss
 from .teacher import FrozenTeacher, as_module, first_output
 from .kd import KDCallback
+from .restore import FitScopedCallback
 
 # %% auto #0
 __all__ = ['MANIFEST', 'load_anchor', 'Route', 'RouteRecorder', 'equal_schedule', 'RCOCallback']
@@ -121,7 +122,7 @@ class Route:
         return self
 
 # %% ../nbs/11_rco.ipynb #02bc2c62
-class RouteRecorder(Callback):
+class RouteRecorder(FitScopedCallback):
     "Save the model's weights at points of its training route (anchors for `RCOCallback`) with a JSON manifest"
     order = Recorder.order + 1  # after the Recorder has this epoch's validation metrics
     def __init__(self,
@@ -142,11 +143,13 @@ class RouteRecorder(Callback):
         store_attr('every,epochs,final,monitor,arch,arch_kwargs,fname')
         self.folder = Path(folder)
 
-    def before_fit(self):
+    def setup(self):
         self.folder.mkdir(parents=True, exist_ok=True)
         self._first, self._trained = True, False
 
-    def before_train(self): self._trained = True
+    def before_train(self):
+        super().before_train()
+        if self.active: self._trained = True
 
     def _wanted(self, n:int)->bool:
         return (self.every is not None and n % self.every == 0) or n in self.epochs or (self.final and n == self.n_epoch)
@@ -166,7 +169,7 @@ class RouteRecorder(Callback):
         return arch, kw
 
     def after_epoch(self):
-        if not self._trained or hasattr(self.learn, 'lr_finder'): return  # an epoch skipped by `start_epoch`
+        if not self.in_own_fit or not self._trained: return  # not training (lr_find, get_preds) or skipped by `start_epoch`
         self._trained = False
         if self._first:  # fresh run: new manifest; resumed run (first epoch > 0): keep the anchors before this epoch
             man = self._manifest()
@@ -220,6 +223,7 @@ def _probe_input(probe, n):
 # %% ../nbs/11_rco.ipynb #89c81048
 class RCOCallback(KDCallback):
     "Distil from the anchors of a teacher's route, easiest first (route-constrained optimisation, Jin et al. 2019)"
+    _stateattrs = KDCallback._stateattrs + ('probe', '_x_probe')  # probe images are not pickled with learn.export()
     def __init__(self,
                  route, # a `Route`, a `RouteRecorder` folder, or a list of checkpoint files
                  schedule:str='equal', # 'equal' epoch blocks per anchor, or 'greedy' (move on once caught up)
@@ -252,19 +256,21 @@ class RCOCallback(KDCallback):
     def use_anchor(self, i:int):
         "Load anchor `i` into the (single) teacher model, unless it is already there"
         if i == self.anchor: return
-        self.teacher.model.load_state_dict(self.route.load(i))
+        self.teacher.load_state_dict(self.route.load(i))  # `restore` keeps the anchor (with its BatchNorm statistics)
         self.anchor, self.loads = i, self.loads + 1
 
-    def before_fit(self):
-        super().before_fit()
+    def setup(self):
+        if 'teacher' in self.__dict__:  # (without one, `KDCallback.setup` says so) every anchor, before any training
+            x = _peek_batch(self.dls.valid)[0][:2] if len(self.dls.valid) else None
+            self.route.check(self.teacher.model, x, getattr(self.dls, 'c', None))
+        super().setup()  # the teacher model frozen, holding the last anchor (restored when the fit ends)
         self._first, self._trained = True, False
-        x = _peek_batch(self.dls.valid)[0][:2] if len(self.dls.valid) else None
-        self.route.check(self.teacher.model, x, getattr(self.dls, 'c', None))  # every anchor, before any training
         self.anchor = len(self.route) - 1  # `check` leaves the last anchor loaded
         self._x_probe = None
         if self.schedule == 'greedy':
             self._x_probe = _probe_input(self.probe, self.n_probe)
             if self._x_probe is None: self._x_probe = _peek_batch(self.dls.valid)[0][:self.n_probe]
+        self.on_exit(lambda: setattr(self, '_x_probe', None))
 
     def _planned(self, epoch:int)->int:
         "The anchor of `epoch` before the greedy decision of that epoch"
@@ -288,6 +294,8 @@ class RCOCallback(KDCallback):
         self._next = hist[-1]['next'] if hist else 0
 
     def before_train(self):
+        super().before_train()
+        if not self.active: return  # lr_find: the plain task
         if self._first:  # first trained epoch of this fit: > 0 when resumed with `start_epoch`
             self._first = False
             if self.schedule == 'greedy': self._resume_greedy(self.epoch)
@@ -310,7 +318,7 @@ class RCOCallback(KDCallback):
         return F.kl_div(F.log_softmax(s.float()/T, -1), F.log_softmax(t.float()/T, -1), log_target=True, reduction='batchmean').item()
 
     def after_epoch(self):
-        if not self._trained: return  # skipped by `start_epoch`
+        if not self.in_own_fit or not self._trained: return  # not training, or skipped by `start_epoch`
         self._trained = False
         h = dict(epoch=self.epoch, anchor=self.anchor)
         if self.schedule == 'greedy':

@@ -84,6 +84,11 @@ class FitScopedCallback(Callback):
             except Exception as e: errors.append(e)
         if errors: raise errors[0]
 
+    @property
+    def in_own_fit(self)->bool:
+        "Active, and the event belongs to the training fit itself (not to a `validate`/`get_preds` run inside it)"
+        return self.active and self._opened == self._level
+
     def after_fit(self):
-        if self.active and self._opened == self._level: self.end_fit()  # the training fit's own end
+        if self.in_own_fit: self.end_fit()  # the training fit's own end
         else: self._opened = max(self._opened - 1, 0)                      # the end of a validate/get_preds

@@ -19,6 +19,7 @@ from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (patches Learne
 from .losses import soft_target_loss, virtual_teacher_probs
 from .teacher import first_output, as_module
 from .kd import KDCallback  # also patches Learner.distill
+from .restore import FitScopedCallback
 
 # %% auto #0
 __all__ = ['loader_labels', 'ClassPairSampler', 'is_class_pair_dl', 'class_pair_dl', 'CSKDCallback', 'reinit_model',
@@ -151,10 +152,10 @@ def _bn_eval(model:nn.Module):
 _HOW = "Adapt the data first: `dls = dls.with_class_pairs()` (or `learn.dls = learn.dls.with_class_pairs()`)."
 
 # %% ../nbs/12_selfkd.ipynb #b5891e24
-class CSKDCallback(Callback):
+class CSKDCallback(FitScopedCallback):
     "Class-wise self-knowledge distillation (Yun et al. 2020): `CE(f(x),y) + lam*T^2*KL(softmax(f(x')/T) || softmax(f(x)/T))`"
     order = -5  # split the batch before MixUp-style callbacks (0) and finish the loss before GradientAccumulation (6)
-    _stateattrs = ('partner_xb', 'partner_out')  # batch tensors are never pickled
+    _stateattrs = FitScopedCallback._stateattrs + ('partner_xb', 'partner_out')  # batch tensors are never pickled
     def __init__(self,
                  T=4.0, # temperature: a number or a schedule `f(pct_train)`
                  lam=1.0, # weight of the class-wise consistency term: a number or a schedule
@@ -166,14 +167,17 @@ class CSKDCallback(Callback):
 
     def _value(self, v): return v(self.pct_train) if callable(v) else v
 
-    def before_train(self):
+    def setup(self):
         if not is_class_pair_dl(self.dl):
             raise RuntimeError("CSKDCallback needs a training loader that yields class-wise pairs (2B items: B samples, then "
                                "B partners of the same classes); this one does not. " + _HOW)
+        self.on_exit(self._release)
+
+    def _release(self): self.partner_xb = self.partner_out = None
 
     def before_batch(self):
         self.partner_xb = self.partner_out = self.cls_term = None
-        if not self.training: return
+        if not self.active or not self.training: return  # validation, inference and lr_find see the loader's batches as they are
         n = find_bs(self.yb)
         y = self.yb[0] if len(self.yb) else None
         if n % 2 or (isinstance(y, torch.Tensor) and y.ndim == 1 and not torch.equal(y[:n // 2], y[n // 2:])):
@@ -197,9 +201,7 @@ class CSKDCallback(Callback):
         self.learn.loss_grad = self.learn.loss_grad + self._value(self.lam) * term
         self.learn.loss = self.learn.loss_grad.detach().clone()
 
-    def after_batch(self): self.partner_xb = self.partner_out = None
-    def after_fit(self): self.partner_xb = self.partner_out = None
-    def after_cancel_fit(self): self.partner_xb = self.partner_out = None
+    def after_batch(self): self._release()
 
 # %% ../nbs/12_selfkd.ipynb #3e5cdd39
 def reinit_model(model:nn.Module, init=None)->nn.Module:
@@ -233,11 +235,15 @@ def self_distill(self:Learner, n_epoch:int, lr=None, # epochs and (max) learning
         if student == 'reinit': reinit_model(self.model, init)
         elif student == 'initial': self.model.load_state_dict(start)
         self.opt = None  # a fresh optimizer (the learner's `opt_func`) for the student
-    else: teacher = as_module(teacher)
-    return self.distill(teacher, n_epoch, lr, T=T, alpha=alpha, fit=fit, metrics=metrics, cbs=cbs, **kwargs)
+        try: return self.distill(teacher, n_epoch, lr, T=T, alpha=alpha, fit=fit, metrics=metrics, cbs=cbs, **kwargs)
+        except BaseException:  # the student stage failed: hand back the trained model, not a half-trained student
+            self.model.load_state_dict(teacher.state_dict())
+            self.opt = None
+            raise
+    return self.distill(as_module(teacher), n_epoch, lr, T=T, alpha=alpha, fit=fit, metrics=metrics, cbs=cbs, **kwargs)
 
 # %% ../nbs/12_selfkd.ipynb #3ed7b4fe
-class VirtualTeacherCallback(Callback):
+class VirtualTeacherCallback(FitScopedCallback):
     "Tf-KD virtual teacher (Yuan et al. 2020): `(1-alpha)*task + alpha*T^2*KL(softmax(p_d/T) || softmax(s/T))`"
     order = GradientAccumulation.order - 1  # the loss must be complete before gradient accumulation rescales it
     def __init__(self,
@@ -252,7 +258,7 @@ class VirtualTeacherCallback(Callback):
     def _value(self, v): return v(self.pct_train) if callable(v) else v
 
     def after_loss(self):
-        if not self.training or not len(self.yb): return
+        if not self.active or not self.training or not len(self.yb): return
         pred = first_output(self.pred)
         y = self.yb[0]
         if y.ndim != 1 or y.is_floating_point():

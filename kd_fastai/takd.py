@@ -19,31 +19,36 @@ from fastai.callback.schedule import fit_one_cycle  # noqa: F401
 from .models import get_model, count_parameters, resolve_model_name
 from .teacher import as_module, FrozenTeacher, first_output
 from .kd import KDCallback
+from .restore import FitScopedCallback
 
 # %% auto #0
 __all__ = ['BestWeights', 'LogitEnsemble', 'distill_chain']
 
 # %% ../nbs/10_takd.ipynb #d95ae030
-class BestWeights(SaveModelCallback):
+class BestWeights(FitScopedCallback, SaveModelCallback):
     "`SaveModelCallback` that saves silently, records `best_epoch` and loads the best weights after fitting"
-    def before_fit(self):
-        super().before_fit()
+    order = SaveModelCallback.order
+    def setup(self):
+        TrackerCallback.before_fit(self)  # the monitored value's index, the best value reset
         self.best_epoch = None
     def after_epoch(self):
+        if not self.in_own_fit: return
         TrackerCallback.after_epoch(self)
         if self.new_best:
             self.best_epoch = self.epoch
             self._save(self.fname)
     def after_fit(self, **kwargs):
-        if self.best_epoch is None: return  # no epoch ever improved (e.g. NaN losses): keep the last weights
-        self.learn.load(self.fname, with_opt=self.with_opt, weights_only=False)
+        own = self.in_own_fit
+        super().after_fit()  # ends the fit scope (a `get_preds` inside the fit ends only its own)
+        if own and self.best_epoch is not None:  # no epoch ever improved (e.g. NaN losses): keep the last weights
+            self.learn.load(self.fname, with_opt=self.with_opt, weights_only=False)
 
 class LogitEnsemble(nn.Module):
     "A teacher whose logits are the mean of the logits of `models` (the `ensemble=True` option of `distill_chain`)"
     def __init__(self, models): super().__init__(); self.models = nn.ModuleList(models)
     def forward(self, *x): return torch.stack([first_output(m(*x)) for m in self.models]).mean(0)
 
-# %% ../nbs/10_takd.ipynb #05473f81
+# %% ../nbs/10_takd.ipynb #ad6e2878
 def _per_stage(v, n:int, what:str)->list:
     "`v` repeated for `n` stages, or `v` itself if it is a list of `n` values"
     if isinstance(v, (list, tuple)):
@@ -64,8 +69,32 @@ def _seed_all(dls, seed):
     set_seed(seed, reproducible=True)
     for dl in dls.loaders: dl.rng = random.Random(seed)
 
+def _zoo_kwargs(dls, num_classes, model_kwargs)->dict:
+    "`get_model` keyword arguments for the zoo names of a chain: input channels of a batch, number of classes"
+    kw = dict(model_kwargs or {})
+    if 'num_classes' not in kw:
+        kw['num_classes'] = num_classes if num_classes is not None else getattr(dls, 'c', None)
+        if kw['num_classes'] is None:
+            raise ValueError("distill_chain builds a zoo model but these DataLoaders have no `c` (number of classes): "
+                             "pass num_classes=..., or give every model as a module.")
+    if 'in_channels' not in kw:
+        kw['in_channels'] = (dls.valid if len(dls.valid) else dls.train).one_batch()[0].shape[1]
+    return kw
+
+def _loader_rngs(dls): return [(dl, dl.__dict__.get('rng')) for dl in dls.loaders]
+
+def _put_back_rngs(saved):
+    for dl, rng in saved:
+        if rng is None: dl.__dict__.pop('rng', None)
+        else: dl.rng = rng
+
 def _validate(learn, dl=None)->float:
-    with learn.no_bar(), learn.no_logging(): res = learn.validate(dl=dl)
+    "Validation accuracy of `learn`; the model's modes are left as they were (a given teacher stays as the user had it)"
+    modes = {m: m.training for m in learn.model.modules()}
+    try:
+        with learn.no_bar(), learn.no_logging(): res = learn.validate(dl=dl)
+    finally:
+        for m, t in modes.items(): m.training = t
     names = list(learn.recorder.metric_names[2:-1])  # valid_loss, metrics...
     return float(res[names.index('accuracy')]) if 'accuracy' in names else float('nan')
 
@@ -84,6 +113,7 @@ def distill_chain(models, # [teacher, assistant_1, ..., student]: modules, Learn
                   seed:int=0, # seed of every stage (initialisation of zoo models and batch order)
                   test_dl=None, # optional loader whose accuracy is reported as `test_accuracy`
                   model_kwargs:dict|None=None, # extra `get_model` keyword arguments for zoo names
+                  num_classes:int|None=None, # classes of the zoo models (default: `dls.c`); not needed when every model is a module
                   path=None, # folder for the stages' best checkpoints (default: a temporary folder)
                   cbs=None, # extra callbacks for every stage
                   log=None, # e.g. `print`: one line per finished stage
@@ -98,8 +128,9 @@ def distill_chain(models, # [teacher, assistant_1, ..., student]: modules, Learn
         raise ValueError(f"The teacher {models[0]!r} is a zoo name, i.e. an untrained model: pass its trained module, "
                          "or let distill_chain train it (train_teacher=True or None).")
     train_teacher = names[0] if train_teacher is None else train_teacher
-    xb = dls.valid.one_batch()[0] if len(dls.valid) else dls.train.one_batch()[0]
-    zoo_kw = dict(in_channels=xb.shape[1], num_classes=dls.c, **(model_kwargs or {}))
+    rngs, cudnn = _loader_rngs(dls), (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    zoo_kw = _zoo_kwargs(dls, num_classes, model_kwargs) if any(names) else None
+    _put_back_rngs(rngs)  # (iterating a loader draws a new generator)
     def build(i):
         return get_model(models[i], **zoo_kw) if names[i] else as_module(models[i], what=f'model {i} of the chain')
     metrics = learner_kwargs.pop('metrics', accuracy)
@@ -139,6 +170,8 @@ def distill_chain(models, # [teacher, assistant_1, ..., student]: modules, Learn
             trained.append(model)
             rows.append(row)
             if log is not None: log(f"stage {k} {row['role']} {row['model']}: accuracy {row['accuracy']*100:.2f}% ({sec:.0f}s)")
-    finally:
+    finally:  # the loaders' random generators and cudnn's flags are handed back as they were
+        _put_back_rngs(rngs)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
         if tmp is not None: tmp.cleanup()
     return trained, pd.DataFrame(rows)

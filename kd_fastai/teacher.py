@@ -96,7 +96,8 @@ class FrozenTeacher:
         if self.frozen: return self
         m = self.model
         self._saved = dict(modes={mod: mod.training for mod in m.modules()},
-                           grads=[p.requires_grad for p in m.parameters()], device=self.device())
+                           grads=[p.requires_grad for p in m.parameters()], device=self.device(),
+                           strides=_strides_4d(m))
         if self.train_bn:  # batch statistics in train mode update the running buffers: keep a copy to put back
             self._saved['bn'] = {k: v.clone() for k, v in m.state_dict().items() if _is_bn_buffer(m, k)}
         m.eval()
@@ -114,8 +115,19 @@ class FrozenTeacher:
         for mod, mode in s['modes'].items(): mod.training = mode
         for p, g in zip(m.parameters(), s['grads']): p.requires_grad_(g)
         if s['device'] is not None and self.device() != s['device']: m.to(s['device'])
-        if s.get('channels_last'): m.to(memory_format=torch.contiguous_format)
+        if s.get('channels_last'):  # every 4-d weight back in the memory layout it had (a user's channels-last teacher stays so)
+            for n, t in _tensors(m):
+                st = s['strides'].get(n)
+                if st is not None and t.stride() != st:
+                    t.data = torch.empty_strided(t.shape, st, dtype=t.dtype, device=t.device).copy_(t.data)
         if 'bn' in s: m.load_state_dict(s['bn'], strict=False)
+        return self
+
+    def load_state_dict(self, state:dict):
+        "Load new weights into the teacher (e.g. the next RCO anchor); `restore` then keeps them, BatchNorm statistics included"
+        self.model.load_state_dict(state)
+        if self.frozen and 'bn' in self._saved:
+            self._saved['bn'] = {k: v.clone() for k, v in self.model.state_dict().items() if _is_bn_buffer(self.model, k)}
         return self
 
     def to(self, device=None, memory_format=None):
@@ -141,6 +153,12 @@ class FrozenTeacher:
         if out.dtype != torch.float32: return out.float()
         # inference tensors cannot be saved for backward: hand back a normal tensor (a B x C copy, negligible)
         return out.clone() if inference else out
+
+def _tensors(m): return [*m.named_parameters(), *m.named_buffers()]
+
+def _strides_4d(m)->dict:
+    "The strides (memory layout: contiguous or channels-last) of each 4-d parameter and buffer of `m`, by name"
+    return {n: t.stride() for n, t in _tensors(m) if t.dim() == 4}
 
 def _is_bn_buffer(model, key):
     mod_name = key.rpartition('.')[0]

@@ -98,3 +98,43 @@ def test_rco_errors_before_training(dls, route, tmp_path):
     for f in files: torch.save(small_net(n_classes=5, width=16).state_dict(), f)
     with learn.no_bar(), learn.no_logging(), pytest.raises(ValueError, match='predicts 5 classes'):
         learn.fit(1, cbs=RCOCallback(files, arch=small_net(n_classes=5, width=16)))
+
+
+def test_chain_on_plain_loaders_without_c():
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    y = torch.arange(32) % 3
+    items = list(zip(torch.randn(32, 1, 8, 8) + y[:, None, None, None].float(), y))
+    dls = DataLoaders(DataLoader(items[:24], bs=8, shuffle=True), DataLoader(items[24:], bs=8), device='cpu')
+    assert not hasattr(dls, 'c')
+    teacher = small_net(width=16).train()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    models, table = distill_chain([teacher, small_net(width=4)], dls, epochs=1, loss_func=nn.CrossEntropyLoss())
+    assert list(table.epochs) == [0, 1]
+    for k, v in teacher.state_dict().items(): assert torch.equal(v, before[k])
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())
+    with pytest.raises(ValueError, match='num_classes'): distill_chain([teacher, 'model_25k_wo_dw'], dls, loss_func=nn.CrossEntropyLoss())
+
+
+def test_rco_inert_in_inference(dls, route, tmp_path):
+    cb = RCOCallback(route, arch=small_net(width=16))
+    learn = Learner(dls, small_net(width=4), metrics=accuracy, cbs=cb, path=tmp_path)
+    with learn.no_bar(), learn.no_logging():
+        learn.validate(); learn.get_preds(); learn.get_preds()
+        learn.lr_find(num_it=5, show_plot=False)
+    assert cb.loads == 0 and cb.anchor is None and not cb.active
+
+
+def test_rco_distils_from_the_current_anchor(dls, route):
+    from kd_fastai.losses import kd_loss
+    class Cap(Callback):
+        order = RCOCallback.order + 1
+        def after_loss(self):
+            if self.training and not hasattr(self, 'got'):
+                self.got = (self.pred.detach(), self.yb[0], self.learn.loss_grad.detach().clone(), self.xb[0], self.learn.rco.anchor)
+    cap, learn = Cap(), Learner(dls, small_net(width=4))
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=[RCOCallback(route, arch=small_net(width=16), T=3., alpha=0.7), cap])
+    pred, y, lg, x, a = cap.got
+    t = small_net(width=16); t.load_state_dict(load_anchor(route.files[a])); t.eval()
+    with torch.no_grad(): expected = kd_loss(pred, t(x), y, T=3., alpha=0.7)
+    assert torch.allclose(lg, expected, atol=1e-5)  # the KD loss against the anchor, not the plain task loss
