@@ -2,7 +2,6 @@
 newest fastai: DataBlock loaders over tiny PNGs with aug_transforms, restore after a normal/cancelled/failed fit with
 the callback attached or per fit, plain inference, export -> load_learner -> predict and get_preds twice."""
 import numpy as np
-import fastcore
 import pytest
 import torch
 from torch import nn
@@ -22,9 +21,6 @@ from kd_fastai.rco import RouteRecorder, Route, RCOCallback
 from kd_fastai.takd import BestWeights, distill_chain
 from kd_fastai.selfkd import CSKDCallback, VirtualTeacherCallback, is_class_pair_dl
 
-# fastai's own export of a DataBlock pipeline fails under fastcore 1.x with plum-dispatch 2.10 (beartype/plum#322);
-# `make test` runs this file under the newest fastai/fastcore, the notebooks cover the rest under the pinned toolchain
-pytestmark = pytest.mark.skipif(int(fastcore.__version__.split('.')[0]) < 2, reason='DataBlock export needs fastcore>=2 (plum#322)')
 
 
 def small_net(n_classes=3, width=8):
