@@ -18,8 +18,17 @@ from .selfkd import *
 from .stagewise import *
 from .cache import *
 from .restore import *
+from .logit import *
+from .dkd import *
+from .dist import *
+from .mlkd import *
+from .sdd import *
+from .clkd import *
+from .methods import *
 from . import (data as _data, models as _models, losses as _losses, teacher as _teacher, kd as _kd,
                        experiments as _experiments, takd as _takd, rco as _rco, selfkd as _selfkd,
-                       stagewise as _stagewise, cache as _cache, restore as _restore)
+                       stagewise as _stagewise, cache as _cache, restore as _restore, logit as _logit, dkd as _dkd,
+                       dist as _dist, mlkd as _mlkd, sdd as _sdd, clkd as _clkd, methods as _methods)
 # a star import of this module re-exports every module's public names (`Learner.distill` etc. are patched on import)
-__all__ = [n for _m in (_data, _models, _losses, _teacher, _kd, _experiments, _takd, _rco, _selfkd, _stagewise, _cache, _restore) for n in _m.__all__]
+__all__ = [n for _m in (_data, _models, _losses, _teacher, _kd, _experiments, _takd, _rco, _selfkd, _stagewise, _cache, _restore,
+                                  _logit, _dkd, _dist, _mlkd, _sdd, _clkd, _methods) for n in _m.__all__]
