@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/90_all.ipynb #8d6b52d8
+# %% ../nbs/90_all.ipynb #0c168e91
 from .data import *
 from .models import *
 from .losses import *
@@ -20,8 +20,15 @@ from .features import *
 from .stagewise import *
 from .cache import *
 from .cached_kd import *
+from .logit import *
+from .dkd import *
+from .dist import *
+from .mlkd import *
+from .sdd import *
+from .clkd import *
+from .methods import *
 import kd_fastai
 # a star import of this module re-exports every module's public names (`Learner.distill` etc. are patched on import)
 _MODULES = ('data', 'models', 'losses', 'teacher', 'restore', 'kd', 'experiments', 'takd', 'rco', 'selfkd',
-            'features', 'stagewise', 'cache', 'cached_kd')
+            'features', 'stagewise', 'cache', 'cached_kd', 'logit', 'dkd', 'dist', 'mlkd', 'sdd', 'clkd', 'methods')
 __all__ = list(dict.fromkeys(n for m in _MODULES for n in getattr(kd_fastai, m).__all__))

@@ -150,21 +150,22 @@ def mlkd_parts(student:Tensor, # student logits (B, C) on one view
                temperatures:tuple=(2., 3., 4., 5., 6.), # each term is summed over these
                mask:Tensor|None=None, # (B,) bool sample mask from `mlkd_masks`; scales the instance and batch terms
                class_mask:Tensor|None=None, # (C,) bool class mask from `mlkd_masks`; scales the class term
-               standardize:bool=False, # z-score both logit vectors first (MLKD+LS)
+               standardize:bool=False, # z-score the logits of the instance term first (MLKD+LS; batch and class terms stay raw)
               )->tuple[Tensor, Tensor, Tensor]:
     r"""The instance-, batch- and class-level MLKD terms (Jin et al., CVPR 2023), each summed over `temperatures`.
 
     With $P=\sigma(z/T)$: $T^2\,\mathrm{KL}$ (batchmean), $\lVert PP^\top\rVert$-difference$^2$ summed / B and
     $\lVert P^\top P\rVert$-difference$^2$ summed / C; a mask multiplies its terms by the fraction of True entries, as the official code."""
     _check_logits(student, teacher)
-    s, t = _fp32_pair(student, teacher, standardize)
+    s, t = _fp32_pair(student, teacher)
+    zs, zt = _fp32_pair(student, teacher, standardize)  # the LS port standardises the instance term only
     n, c = s.shape
     for m, k, name in ((mask, n, 'mask'), (class_mask, c, 'class_mask')):
         if m is not None and tuple(m.shape) != (k,): raise ValueError(f"{name} must have shape ({k},), got {tuple(m.shape)}.")
     kd = bc = cc = s.new_zeros(())
     for T in temperatures:
         p_s, p_t = (s / T).softmax(1), (t / T).softmax(1)
-        kd = kd + F.kl_div((s / T).log_softmax(1), p_t, reduction='batchmean') * (T * T)
+        kd = kd + F.kl_div((zs / T).log_softmax(1), (zt / T).softmax(1), reduction='batchmean') * (T * T)
         bc = bc + (p_t @ p_t.T - p_s @ p_s.T).pow(2).sum() / n
         cc = cc + (p_t.T @ p_t - p_s.T @ p_s).pow(2).sum() / c
     frac = lambda m: 1. if m is None else m.float().mean()
@@ -179,7 +180,7 @@ def mlkd_loss(student:Tensor, # student logits (B, C) on one view
               kd_weight:float=0.9, # weight of the instance-level term
               bc_weight:float=0.9, # weight of the batch-level term (0 for the strong view, as the official code)
               cc_weight:float=0.9, # weight of the class-level term (0 for the strong view, as the official code)
-              standardize:bool=False, # z-score both logit vectors first (MLKD+LS)
+              standardize:bool=False, # z-score the logits of the instance term first (MLKD+LS)
              )->Tensor:
     r"""Multi-level logit distillation on one view pair (Jin et al., CVPR 2023): weighted sum of `mlkd_parts`,
     $w_{kd}\,\mathcal L_{ins} + w_{bc}\,\mathcal L_{batch} + w_{cc}\,\mathcal L_{class}$."""

@@ -51,9 +51,9 @@ def test_kd_loss_value():
 
 
 def test_models_and_summary():
-    m = get_model('model_25k_wo_dw', in_channels=1, num_classes=10)
+    m = zoo_model('model_25k_wo_dw', in_channels=1, num_classes=10)
     assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
-    assert count_parameters(get_model('model_25k_wo_dw')) == 25298
+    assert count_parameters(zoo_model('model_25k_wo_dw')) == 25298
     df = model_summary(['model_25k_wo_dw'], (1, 28, 28))
     assert df['trainable parameters'][0] == count_parameters(m)
 
