@@ -1,5 +1,5 @@
 """Speed of kd_fastai's fastai loaders (`TensorImageDL`, a `TfmdDL` with a fast batch path) against the previous
-`TensorBatchDL` (a plain fastai `DataLoader`, kept deprecated in kd_fastai.data for this comparison), in one run:
+`TensorBatchDL` (a plain fastai `DataLoader`, defined below as it was), in one run:
 seconds of a plain training epoch of the same student on the same batches, and of a bare pass over the training loader.
 Repeats are interleaved (the order alternates) and the medians compared.
 
@@ -13,9 +13,40 @@ import torch
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
-from kd_fastai.data import fashion_mnist_dls, TensorBatchDL, FMNIST_MEAN, FMNIST_STD
-from kd_fastai.models import get_model
+from fastai.data.load import DataLoader
+from fastai.torch_core import TensorImage, TensorCategory
+from kd_fastai.data import fashion_mnist_dls, image_stats, prepare_images, FMNIST_MEAN, FMNIST_STD
+from kd_fastai.models import zoo_model
 from kd_fastai.experiments import EpochTimer, to_markdown
+
+
+class TensorBatchDL(DataLoader):
+    "The loader kd_fastai used before 0.2 (kept here for this comparison): fastai `DataLoader` over a `TensorImageData`, batches by one tensor indexing, `prepare_images` per batch"
+    n_inp = 1
+    def __init__(self, dataset=None, augment=False, size=None, channels=None, mean=None, std=None, bs=64, **kwargs):
+        if not (hasattr(dataset, 'x') and hasattr(dataset, 'y')):
+            raise TypeError(f"TensorBatchDL needs a data set with uint8 images `.x` and labels `.y` (a `TensorImageData`), got {type(dataset).__name__}")
+        if mean is None or std is None:
+            m, s = image_stats(dataset.x)
+            mean, std = (m if mean is None else mean), (s if std is None else std)
+        self.augment, self.size, self.channels, self.mean, self.std = augment, size, channels, mean, std
+        super().__init__(dataset, bs=bs, **kwargs)
+
+    @property
+    def labels(self): return self.dataset.y
+    def create_item(self, s): return s
+    def create_batch(self, b):
+        idx = torch.as_tensor(b, dtype=torch.long)
+        return self.dataset.x[idx], TensorCategory(self.dataset.y[idx])
+    def retain(self, res, b): return res
+    def after_batch(self, b):
+        gen = torch.Generator().manual_seed(self.rng.getrandbits(63)) if self.augment else None
+        x = prepare_images(b[0], self.mean, self.std, self.size, self.channels, self.augment, gen)
+        return (TensorImage(x), *b[1:])
+    def new(self, dataset=None, cls=None, **kwargs):
+        "A new loader of the same kind, keeping this one's settings unless overridden in `kwargs`"
+        kw = dict(augment=self.augment, size=self.size, channels=self.channels, mean=self.mean, std=self.std)
+        return super().new(dataset=dataset, cls=cls, **{**kw, **kwargs})
 
 
 def loaders(fraction, bs, augment):
@@ -34,7 +65,7 @@ def same_order(dls, seed):
 
 def train_epoch(dls, model_name, seed):
     set_seed(0)  # the same initial weights for both loaders
-    learn, timer = Learner(same_order(dls, seed), get_model(model_name, in_channels=1)), EpochTimer()
+    learn, timer = Learner(same_order(dls, seed), zoo_model(model_name, in_channels=1)), EpochTimer()
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=timer)
     return timer.times[0]
 
