@@ -10,7 +10,7 @@ import torch
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
 from kd_fastai.data import fashion_mnist_dls
-from kd_fastai.models import get_model, count_parameters
+from kd_fastai.models import zoo_model, count_parameters
 from kd_fastai.teacher import FrozenTeacher
 from kd_fastai.kd import KDCallback
 from kd_fastai.experiments import EpochTimer, to_markdown
@@ -18,13 +18,13 @@ import pandas as pd
 
 
 def plain_epoch(dls, student):
-    learn, timer = Learner(dls, get_model(student, in_channels=1)), EpochTimer()
+    learn, timer = Learner(dls, zoo_model(student, in_channels=1)), EpochTimer()
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=timer)
     return timer.times[0]
 
 
 def kd_epoch(dls, student, teacher):
-    learn, timer = Learner(dls, get_model(student, in_channels=1)), EpochTimer()
+    learn, timer = Learner(dls, zoo_model(student, in_channels=1)), EpochTimer()
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=[timer, KDCallback(teacher, valid_metrics=False)])
     return timer.times[0]
 
@@ -44,7 +44,7 @@ def main(teacher='model_340k_wo_dw', student='model_25k_wo_dw', fraction=0.25, b
     if threads: torch.set_num_threads(threads)
     set_seed(0)
     dls = fashion_mnist_dls(bs=bs, fraction=fraction, seed=0)
-    t_model = get_model(teacher, in_channels=1)
+    t_model = zoo_model(teacher, in_channels=1)
     plain_epoch(dls, student)  # warm-up (allocator, first-call overheads)
     times = {'plain student': [], 'teacher forward': [], 'student + KDCallback': []}
     for _ in range(repeats):  # interleaved so that background load affects all three alike

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from fastai.data.core import DataLoaders
 from kd_fastai.data import fashion_mnist_dls, TensorImageDL, TensorImageData
-from kd_fastai.models import get_model, count_parameters
+from kd_fastai.models import zoo_model, count_parameters
 from kd_fastai.experiments import run_training, mean_std, to_markdown
 from kd_fastai.stagewise import *  # noqa: F401,F403 (patches Learner.fit_stagewise / fit_simultaneous)
 
@@ -45,7 +45,7 @@ def test_accuracy(learn, test_dl):
 
 def get_teacher(args):
     path = Path(args.teacher_path)
-    teacher = get_model('resnet34', in_channels=1, width=args.width, stem_stride=2)
+    teacher = zoo_model('resnet34', in_channels=1, width=args.width, stem_stride=2)
     if path.exists() and not args.retrain_teacher:
         teacher.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
         return teacher, None

@@ -17,7 +17,7 @@ from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.metrics import accuracy
 from kd_fastai.data import fashion_mnist_dls, TensorImageData, stratified_split, FMNIST_CLASSES
-from kd_fastai.models import get_model, count_parameters
+from kd_fastai.models import zoo_model, count_parameters
 from kd_fastai.kd import KDCallback
 from kd_fastai.experiments import mean_std, to_markdown
 from kd_fastai.takd import distill_chain, BestWeights, _seed_all, _validate
@@ -51,7 +51,7 @@ def make_data(args):
 def train_student(dls, test_dl, name, epochs, lr, seed, cbs=()):
     "Same protocol as every chain stage: seeded, one-cycle, best epoch on the validation loss, test accuracy"
     _seed_all(dls, seed)
-    model = get_model(name, in_channels=1, num_classes=dls.c)
+    model = zoo_model(name, in_channels=1, num_classes=dls.c)
     learn = Learner(dls, model, metrics=accuracy, path=Path('.'), model_dir=Path(args_cache)/'tmp')
     best = BestWeights(fname=f'student_s{seed}')
     t0 = time.perf_counter()
@@ -76,7 +76,7 @@ def main(argv=None):
     anchors = [int(a) for a in args.anchors.split(',') if a]
     if not (route_dir/'route.json').is_file() or Route.from_folder(route_dir).epochs[-1] != args.teacher_epochs:
         _seed_all(dls, 0)
-        tl = Learner(dls, get_model(args.teacher, in_channels=1, num_classes=dls.c), metrics=accuracy)
+        tl = Learner(dls, zoo_model(args.teacher, in_channels=1, num_classes=dls.c), metrics=accuracy)
         t0 = time.perf_counter()
         with tl.no_bar(), tl.no_logging(): tl.fit_one_cycle(args.teacher_epochs, args.lr, cbs=RouteRecorder(route_dir, every=None, epochs=anchors))
         (cache/'teacher_seconds.txt').write_text(f"{time.perf_counter() - t0:.1f}")
@@ -89,7 +89,7 @@ def main(argv=None):
     log(f"teacher {args.teacher}: test {teacher_row['test_accuracy']*100:.2f}%, route {route}")
     # assistant, trained once (seed 0) as stage 1 of the chain teacher -> assistant
     af = cache/'assistant.pth'
-    assistant = get_model(args.assistant, in_channels=1, num_classes=dls.c)
+    assistant = zoo_model(args.assistant, in_channels=1, num_classes=dls.c)
     if not af.is_file():
         models, df = distill_chain([teacher, args.assistant], dls, epochs=args.epochs, T=args.T, alpha=args.alpha, lr=args.lr,
                                    seed=0, test_dl=test_dl, log=log)

@@ -16,7 +16,7 @@ import pandas as pd
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
 from kd_fastai.data import fashion_mnist_dls
-from kd_fastai.models import get_model, count_parameters
+from kd_fastai.models import zoo_model, count_parameters
 from kd_fastai.teacher import FrozenTeacher
 from kd_fastai.kd import KDCallback
 from kd_fastai.experiments import EpochTimer, to_markdown
@@ -30,13 +30,13 @@ TEACHER_KW = dict(width=32, stem_stride=1)
 
 def make_teacher(name):
     set_seed(1)
-    return get_model(name, in_channels=1, **(TEACHER_KW if name.startswith('resnet') else {}))
+    return zoo_model(name, in_channels=1, **(TEACHER_KW if name.startswith('resnet') else {}))
 
 
 def fit_times(dls, student, cbs, epochs=1):
     "Seconds of each training phase (validation excluded) of a fresh student"
     set_seed(0)
-    learn, timer = Learner(dls, get_model(student, in_channels=1)), EpochTimer()
+    learn, timer = Learner(dls, zoo_model(student, in_channels=1)), EpochTimer()
     with learn.no_bar(), learn.no_logging(): learn.fit(epochs, 1e-3, cbs=[timer] + cbs)
     return timer.times
 
@@ -110,7 +110,7 @@ def main(args):
     text = (f"# Teacher-output cache: seconds per training epoch\n\nCommand: `{cmd}`\n\n"
             f"Fashion-MNIST, {n} training images (fraction {args.fraction}), batch {args.bs}; teacher {teacher_desc} "
             f"({count_parameters(teacher):,} params, untrained: timing only), student {args.student} "
-            f"({count_parameters(get_model(args.student, in_channels=1)):,} params). Times are training phases only "
+            f"({count_parameters(zoo_model(args.student, in_channels=1)):,} params). Times are training phases only "
             f"(validation excluded; KD callbacks with valid_metrics=False). 'runs' lists each epoch measured (cheap measures "
             f"interleaved with the expensive ones); the table shows the median. The cache fill is part of the first cached fit only. torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}; "
             f"the machine is shared with other processes, so compare ratios within this run.\n\n"

@@ -16,7 +16,7 @@ from fastai.learner import Learner
 from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401
-from .models import get_model, count_parameters
+from .models import zoo_model, count_parameters
 
 # %% auto #0
 __all__ = ['EpochTimer', 'run_training', 'mean_std', 'summarize_runs', 'to_markdown', 'plot_curves']
@@ -38,13 +38,13 @@ def run_training(dls, # fastai DataLoaders
                  method:str='baseline', # label of the method, for the tables
                  cbs=None, # callbacks that implement the method (e.g. KDCallback)
                  train=None, # optional `f(learn, epochs, lr)` that trains instead of `fit_one_cycle`
-                 model_kwargs:dict|None=None, # keyword arguments for `get_model`
+                 model_kwargs:dict|None=None, # keyword arguments for `zoo_model`
                  wd:float|None=None, # weight decay (fastai default when None)
                  **learner_kwargs)->dict:
     "Train `model` once and return a record: final validation accuracy, curves, seconds per epoch, the learner"
     set_seed(seed, reproducible=True)
     for dl in dls.loaders: dl.rng = random.Random(seed)  # same batch order (and augmentation draws) for every method
-    if isinstance(model, str): model = get_model(model, **(model_kwargs or {}))
+    if isinstance(model, str): model = zoo_model(model, **(model_kwargs or {}))
     elif not isinstance(model, nn.Module) and callable(model): model = model(**(model_kwargs or {}))
     name = getattr(model, 'name', type(model).__name__)
     timer = EpochTimer()

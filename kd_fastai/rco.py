@@ -47,7 +47,7 @@ class Route:
                  epochs=None, # teacher epoch of each anchor (default 1, 2, ...)
                  accuracies=None, # validation accuracy of each anchor, if known
                  arch=None, # zoo name (or module) the weights belong to, if known
-                 arch_kwargs:dict|None=None, # keyword arguments of `get_model` for a zoo name
+                 arch_kwargs:dict|None=None, # keyword arguments of `zoo_model` for a zoo name
                 ):
         files = [Path(f) for f in ([files] if isinstance(files, (str, Path)) else files)]
         if not files: raise ValueError("A route needs at least one checkpoint file.")
@@ -132,7 +132,7 @@ class RouteRecorder(FitScopedCallback):
                  final:bool=True, # save after the last epoch
                  monitor:str='accuracy', # validation metric stored as the anchor's accuracy
                  arch=None, # zoo name to store in the manifest (default: the model's zoo name, if it has one)
-                 arch_kwargs:dict|None=None, # `get_model` keyword arguments to store (default: in_channels, num_classes)
+                 arch_kwargs:dict|None=None, # `zoo_model` keyword arguments to store (default: in_channels, num_classes)
                  fname:str='anchor', # file name prefix
                 ):
         if every is not None and (not isinstance(every, int) or every < 1):
@@ -228,7 +228,7 @@ class RCOCallback(KDCallback):
                  route, # a `Route`, a `RouteRecorder` folder, or a list of checkpoint files
                  schedule:str='equal', # 'equal' epoch blocks per anchor, or 'greedy' (move on once caught up)
                  arch=None, # teacher architecture: zoo name, module (copied) or factory; default: the route's
-                 arch_kwargs:dict|None=None, # `get_model` keyword arguments for a zoo name
+                 arch_kwargs:dict|None=None, # `zoo_model` keyword arguments for a zoo name
                  T=4.0, alpha=0.9, # temperature and weight of the distillation term (numbers or schedules)
                  loss_func=soft_target_loss, # distillation term `f(student, teacher, targets, T=T)`
                  threshold:float=0.9, # greedy: agreement >= threshold (or KL <= threshold) means caught up

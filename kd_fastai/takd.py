@@ -16,7 +16,7 @@ from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
 from fastai.callback.tracker import SaveModelCallback, TrackerCallback
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401
-from .models import get_model, count_parameters, resolve_model_name
+from .models import zoo_model, count_parameters, resolve_model_name
 from .teacher import as_module, FrozenTeacher, first_output
 from .kd import KDCallback
 from .restore import FitScopedCallback
@@ -70,7 +70,7 @@ def _seed_all(dls, seed):
     for dl in dls.loaders: dl.rng = random.Random(seed)
 
 def _zoo_kwargs(dls, num_classes, model_kwargs)->dict:
-    "`get_model` keyword arguments for the zoo names of a chain: input channels of a batch, number of classes"
+    "`zoo_model` keyword arguments for the zoo names of a chain: input channels of a batch, number of classes"
     kw = dict(model_kwargs or {})
     if 'num_classes' not in kw:
         kw['num_classes'] = num_classes if num_classes is not None else getattr(dls, 'c', None)
@@ -112,7 +112,7 @@ def distill_chain(models, # [teacher, assistant_1, ..., student]: modules, Learn
                   ensemble:bool=False, # NOT the chain: stage k distils from the mean logits of all models before it
                   seed:int=0, # seed of every stage (initialisation of zoo models and batch order)
                   test_dl=None, # optional loader whose accuracy is reported as `test_accuracy`
-                  model_kwargs:dict|None=None, # extra `get_model` keyword arguments for zoo names
+                  model_kwargs:dict|None=None, # extra `zoo_model` keyword arguments for zoo names
                   num_classes:int|None=None, # classes of the zoo models (default: `dls.c`); not needed when every model is a module
                   path=None, # folder for the stages' best checkpoints (default: a temporary folder)
                   cbs=None, # extra callbacks for every stage
@@ -132,7 +132,7 @@ def distill_chain(models, # [teacher, assistant_1, ..., student]: modules, Learn
     zoo_kw = _zoo_kwargs(dls, num_classes, model_kwargs) if any(names) else None
     _put_back_rngs(rngs)  # (iterating a loader draws a new generator)
     def build(i):
-        return get_model(models[i], **zoo_kw) if names[i] else as_module(models[i], what=f'model {i} of the chain')
+        return zoo_model(models[i], **zoo_kw) if names[i] else as_module(models[i], what=f'model {i} of the chain')
     metrics = learner_kwargs.pop('metrics', accuracy)
     known = ['train_loss', 'valid_loss'] + [mk_metric(m).name for m in L(metrics)]
     if monitor not in known: raise ValueError(f"monitor={monitor!r} is not recorded by the stages: use one of {known}.")

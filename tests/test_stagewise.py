@@ -18,7 +18,7 @@ from fastai.vision.data import ImageBlock
 from fastai.vision.augment import Resize
 from fastai.vision.learner import vision_learner
 from kd_fastai.data import synthetic_dls
-from kd_fastai.models import get_model
+from kd_fastai.models import zoo_model
 from kd_fastai.features import FeatureDistillCallback, StopAt, find_module, feature_pairs
 from kd_fastai.stagewise import StagewiseDistiller, TrainOnly
 
@@ -134,7 +134,7 @@ def test_vision_learner_hint_simultaneous_stagewise(vl):
 def test_vision_learner_teacher_as_learner_and_zoo_teacher(image_dls):
     dls, _ = image_dls
     tl = vision_learner(dls, resnet18, pretrained=False)
-    student = get_model('resnet10', in_channels=3, num_classes=2, width=4)
+    student = zoo_model('resnet10', in_channels=3, num_classes=2, width=4)
     learn = Learner(dls, student, metrics=accuracy)
     with learn.no_bar(), learn.no_logging():
         learn.fit_simultaneous(tl, 1, 1e-3, pairs=[('layer1', '0.4'), ('layer2', '0.5')])  # a Learner as teacher
@@ -267,8 +267,8 @@ def test_zoo_models_and_names(seq_setup):
     with pytest.raises(KeyError, match='b1'): find_module(teacher, 'b11')
     assert feature_pairs({'b1': 'b2'}, teacher, teacher) == [('b1', 'b2')]
     dls = synthetic_dls(n_train=32, n_valid=16, size=8, seed=0)
-    t = get_model('resnet14', in_channels=1, num_classes=3, width=4)
-    learn = Learner(dls, get_model('resnet10', in_channels=1, num_classes=3, width=2), metrics=accuracy)
+    t = zoo_model('resnet14', in_channels=1, num_classes=3, width=4)
+    learn = Learner(dls, zoo_model('resnet10', in_channels=1, num_classes=3, width=2), metrics=accuracy)
     with learn.no_bar(), learn.no_logging():
         sd = learn.fit_stagewise(t, pairs=['stem', 'layer1'], epochs_per_stage=1, lrs=1e-2)
     assert list(sd.history.trains) == ['stem', 'layer1', 'head'] and n_hooks(learn.model, t) == 0
