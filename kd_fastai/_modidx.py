@@ -514,4 +514,8 @@ d = { 'settings': { 'branch': 'main',
                                    'kd_fastai.teacher._strides_4d': ('teacher.html#_strides_4d', 'kd_fastai/teacher.py'),
                                    'kd_fastai.teacher._tensors': ('teacher.html#_tensors', 'kd_fastai/teacher.py'),
                                    'kd_fastai.teacher.as_module': ('teacher.html#as_module', 'kd_fastai/teacher.py'),
-                                   'kd_fastai.teacher.first_output': ('teacher.html#first_output', 'kd_fastai/teacher.py')}}}
+                                   'kd_fastai.teacher.first_output': ('teacher.html#first_output', 'kd_fastai/teacher.py')},
+            'kd_fastai.test_utils': { 'kd_fastai.test_utils.folder_dls': ('test_utils.html#folder_dls', 'kd_fastai/test_utils.py'),
+                                      'kd_fastai.test_utils.small_net': ('test_utils.html#small_net', 'kd_fastai/test_utils.py'),
+                                      'kd_fastai.test_utils.write_png_folder': ( 'test_utils.html#write_png_folder',
+                                                                                 'kd_fastai/test_utils.py')}}}

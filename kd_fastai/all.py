@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/90_all.ipynb #0c168e91
+# %% ../nbs/90_all.ipynb #8ffddc53
 from .data import *
 from .models import *
 from .losses import *

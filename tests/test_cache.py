@@ -19,11 +19,8 @@ from kd_fastai.kd import KDCallback
 from kd_fastai.teacher import FrozenTeacher
 from kd_fastai.cache import TeacherCache, cache_nbytes, data_fingerprint, transform_fingerprint, input_signature
 from kd_fastai.cached_kd import CachedKDCallback, random_reasons, indexed_dls
+from kd_fastai.test_utils import small_net
 
-
-def small_net(n_classes=3, width=8):
-    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * width, n_classes))
 
 
 class Counting(nn.Module):

@@ -8,24 +8,14 @@ from PIL import Image
 from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, PILImageBW, get_image_files, GrandparentSplitter,
                                parent_label, Normalize, Learner, load_learner, accuracy)
 from kd_fastai.all import *
+from kd_fastai.test_utils import small_net, write_png_folder, folder_dls
 
-
-def small_net(n_classes=3, width=8):
-    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * width, n_classes))
 
 
 @pytest.fixture(scope='module')
 def folder(tmp_path_factory):
-    d = tmp_path_factory.mktemp('png')
-    src = synthetic_dls(seed=0)
-    for split, ds in (('train', src.train_ds), ('valid', src.valid_ds)):
-        for i, (x, y) in enumerate(zip(ds.x, ds.y)):
-            (d/split/f'class{y}').mkdir(parents=True, exist_ok=True)
-            Image.fromarray(x[0].numpy()).save(d/split/f'class{y}'/f'{i}.png')
-    block = DataBlock(blocks=(ImageBlock(cls=PILImageBW), CategoryBlock), get_items=get_image_files,
-                      splitter=GrandparentSplitter(), get_y=parent_label, batch_tfms=Normalize.from_stats([0.5], [0.25]))
-    dls = block.dataloaders(d, bs=16, num_workers=0)
+    d = write_png_folder(tmp_path_factory.mktemp('png'), n_train=22, n_valid=11)
+    dls = folder_dls(d, bs=16, batch_tfms=Normalize.from_stats([0.5], [0.25]))
     teacher = small_net(width=16)
     tl = Learner(dls, teacher)
     with tl.no_bar(), tl.no_logging(): tl.fit_one_cycle(2, 1e-2)

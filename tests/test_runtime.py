@@ -11,11 +11,8 @@ import fastai, fastcore
 from fastai.learner import Learner, load_learner
 from fastai.metrics import accuracy
 from kd_fastai.all import *
+from kd_fastai.test_utils import small_net
 
-
-def small_net(n_classes=3, width=8):
-    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * width, n_classes))
 
 
 def test_versions_reported():

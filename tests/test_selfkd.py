@@ -13,11 +13,8 @@ from fastai.torch_core import set_seed
 from kd_fastai.data import synthetic_dls
 from kd_fastai.losses import cskd_loss
 from kd_fastai.selfkd import CSKDCallback, VirtualTeacherCallback, class_pair_dl, is_class_pair_dl, reinit_model
+from kd_fastai.test_utils import small_net
 
-
-def small_net(n_classes=3, width=8):
-    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * width, n_classes))
 
 
 class Scale(nn.Module):

@@ -9,11 +9,8 @@ from fastai.callback.core import Callback, CancelFitException
 from kd_fastai.data import synthetic_dls
 from kd_fastai.takd import distill_chain
 from kd_fastai.rco import RouteRecorder, Route, RCOCallback, equal_schedule, load_anchor
+from kd_fastai.test_utils import small_net
 
-
-def small_net(n_classes=3, width=8):
-    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * width, n_classes))
 
 
 @pytest.fixture(scope='module')

@@ -20,30 +20,17 @@ from kd_fastai.kd import KDCallback
 from kd_fastai.rco import RouteRecorder, Route, RCOCallback
 from kd_fastai.takd import BestWeights, distill_chain
 from kd_fastai.selfkd import CSKDCallback, VirtualTeacherCallback, is_class_pair_dl
+from kd_fastai.test_utils import small_net, write_png_folder, folder_dls
 
 
-
-def small_net(n_classes=3, width=8):
-    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * width, n_classes))
 
 
 @pytest.fixture(scope='module')
-def folder(tmp_path_factory):
-    d = tmp_path_factory.mktemp('png')
-    rng = np.random.default_rng(0)
-    for split, k in (('train', 12), ('valid', 6)):
-        for c in range(3):
-            (d/split/str(c)).mkdir(parents=True)
-            for i in range(k): Image.fromarray((rng.random((16, 16)) * 80 + c * 80).astype(np.uint8)).save(d/split/str(c)/f'{i}.png')
-    return d
+def folder(tmp_path_factory): return write_png_folder(tmp_path_factory.mktemp('png'))
 
 
 @pytest.fixture(scope='module')
-def dls(folder):
-    db = DataBlock(blocks=(ImageBlock(cls=PILImageBW), CategoryBlock), get_items=get_image_files, get_y=parent_label,
-                   splitter=GrandparentSplitter(), batch_tfms=aug_transforms(size=16))
-    return db.dataloaders(folder, bs=8, num_workers=0)
+def dls(folder): return folder_dls(folder, batch_tfms=aug_transforms(size=16))
 
 
 @pytest.fixture(scope='module')
