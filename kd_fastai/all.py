@@ -11,6 +11,7 @@ from .models import *
 from .losses import *
 from .teacher import *
 from .restore import *
+from .ddp import *
 from .kd import *
 from .experiments import *
 from .takd import *
@@ -29,6 +30,6 @@ from .clkd import *
 from .methods import *
 import kd_fastai
 # a star import of this module re-exports every module's public names (`Learner.distill` etc. are patched on import)
-_MODULES = ('data', 'models', 'losses', 'teacher', 'restore', 'kd', 'experiments', 'takd', 'rco', 'selfkd',
+_MODULES = ('data', 'models', 'losses', 'teacher', 'restore', 'ddp', 'kd', 'experiments', 'takd', 'rco', 'selfkd',
             'features', 'stagewise', 'cache', 'cached_kd', 'logit', 'dkd', 'dist', 'mlkd', 'sdd', 'clkd', 'methods')
 __all__ = list(dict.fromkeys(n for m in _MODULES for n in getattr(kd_fastai, m).__all__))

@@ -21,6 +21,7 @@ from .losses import soft_target_loss
 from .teacher import FrozenTeacher
 from .kd import KDCallback, fit_distilling
 from .cache import TeacherCache, cache_fingerprint, describe_params, _as_cache_dtype
+from .ddp import plain_dl, is_distributed, is_rank0, broadcast_object
 
 # %% auto #0
 __all__ = ['ItemOrder', 'random_tfms', 'random_probe', 'replay_api', 'random_reasons', 'ViewReplay', 'ReplayedTfm',
@@ -44,8 +45,8 @@ class ItemOrder:
 
     def attach(self):
         "Record the order of every pass of `dl` from now on; returns the function that undoes it"
-        dl = self.dl
-        if not getattr(dl, 'indexed', True) or getattr(dl, 'n', None) is None:
+        dl, base = self.dl, plain_dl(self.dl)  # fastai's DistributedDL: its own get_idxs gives this rank's shard of the order
+        if not getattr(base, 'indexed', True) or getattr(base, 'n', None) is None:
             raise TypeError(f"{type(dl).__name__} iterates a data set without indices (or of unknown length): its batches cannot be matched to items.")
         old = dl.__dict__.get('get_idxs')  # an instance-level `get_idxs` (e.g. CS-KD's class-pair sampler) stays in use
         dl._kd_item_order = (self, dl.get_idxs)
@@ -211,6 +212,28 @@ class CachedKDCallback(KDCallback):
         fp = cache_fingerprint(self.teacher, dl, self.dtype, self.topk, self.topk_mode, views)
         old = self.caches.get(kind)
         if old is not None and old.fingerprint == fp and fp['data'] is not None: return old
+        if is_distributed(): return self._shared_cache(kind, dl, batches, n_keys, fp)
+        return self._load_or_fill(kind, dl, batches, n_keys, fp)
+
+    def _shared_cache(self, kind, dl, batches, n_keys, fp):
+        "Under DDP: rank 0 loads or fills the cache in `path`, the other ranks wait, then map its files read-only"
+        if self.path is None:
+            raise ValueError("CachedKDCallback under distributed training needs path=: a folder that every rank can read, where "
+                             "rank 0 fills the memory-mapped teacher cache once and the other ranks map it (without a path each "
+                             "rank would run the teacher over the whole training set).")
+        c, err = None, None
+        if is_rank0():
+            try: c = self._load_or_fill(kind, dl, batches, n_keys, fp)
+            except Exception as e: err = e
+        msg = broadcast_object(None if err is None else f"{type(err).__name__}: {err}")  # the others wait here for rank 0
+        if err is not None: raise err
+        if msg is not None: raise RuntimeError(f"CachedKDCallback: rank 0 could not build the {kind} teacher cache ({msg}).")
+        if c is None:  # the files rank 0 has just completed (a different teacher or data on this rank is an error)
+            c = TeacherCache.load(self.path/kind, fingerprint={k: v for k, v in fp.items() if v is not None})
+        return c
+
+    def _load_or_fill(self, kind, dl, batches, n_keys, fp):
+        "The cache of `kind` loaded from `path` when its fingerprint matches, else filled from `batches`"
         folder = None if self.path is None else self.path/kind
         if folder is not None and (folder/'meta.json').is_file():
             try:
@@ -246,31 +269,33 @@ class CachedKDCallback(KDCallback):
     def setup(self):
         super().setup()  # teacher frozen (restored on exit)
         self.on_exit(self._forget)
-        trn = self.dls.train
+        trn = self.dls.train  # under DDP a DistributedDL, which serves this rank's shard
+        base = plain_dl(trn)  # the loader inside: its transforms, `new()` for the fill over every item
         why = [f"the callback {type(cb).__name__} mixes the images of each batch" for cb in self.learn.cbs if isinstance(cb, MixHandler)]
-        rand = random_tfms(trn)
+        rand = random_tfms(base)
         replay = self.views is not None and bool(rand)
-        why += random_reasons(trn, replay=replay, probe=False)
+        why += random_reasons(base, replay=replay, probe=False)
         if why: self._refuse(why)
         if self.views is not None and not rand: warnings.warn("CachedKDCallback(views=...): the training pipeline has no random transform to replay; caching the plain inputs.")
-        bs = self.fill_bs or (4 * trn.bs if getattr(self.dls.device, 'type', 'cpu') == 'cuda' else trn.bs)
-        fill = trn.new(shuffle=False, drop_last=False, bs=bs)
+        bs = self.fill_bs or (4 * base.bs if getattr(self.dls.device, 'type', 'cpu') == 'cuda' else base.bs)
+        fill = base.new(shuffle=False, drop_last=False, bs=bs)
         rep, views = None, None
         if replay:
-            rep = self._replay = ViewReplay(len(trn.dataset), self.views, self.view_seed)
-            fill.after_batch = pipe = _replayed_pipeline(trn.after_batch, rep)
+            rep = self._replay = ViewReplay(len(base.dataset), self.views, self.view_seed)
+            fill.after_batch = pipe = _replayed_pipeline(base.after_batch, rep)
             views = (self.views, self.view_seed, describe_params([f.tfm for f in pipe.fs if isinstance(f, ReplayedTfm)]))
         elif random_probe(fill): self._refuse([f"the same items give different inputs on two draws ({type(trn).__name__} draws random numbers outside fastai's RandTransforms)"])
-        self.caches['train'] = self._cache('train', trn, self._batches(fill, rep), rep.n_keys if rep else len(trn.dataset), views)
+        self.caches['train'] = self._cache('train', base, self._batches(fill, rep), rep.n_keys if rep else len(base.dataset), views)
         self._loaders = {'train': (trn, self._watch(trn, rep.new_pass if rep else None))}
         if rep:  # the training batches show the pre-drawn views
-            old, rep.view, rep.order = trn.after_batch, None, self._loaders['train'][1]
-            trn.after_batch = Pipeline(pipe.fs, split_idx=old.split_idx)
-            self.on_exit(lambda: setattr(trn, 'after_batch', old))
+            old, rep.view, rep.order = base.after_batch, None, self._loaders['train'][1]
+            base.after_batch = Pipeline(pipe.fs, split_idx=old.split_idx)
+            self.on_exit(lambda: setattr(base, 'after_batch', old))
         val = self.dls.valid if len(self.dls.loaders) > 1 else None
-        if self.valid_metrics and val is not None and not random_reasons(val):
-            vfill = val.new(bs=bs, shuffle=False, drop_last=False)
-            self.caches['valid'] = self._cache('valid', val, self._batches(vfill), len(val.dataset))
+        vbase = plain_dl(val)
+        if self.valid_metrics and val is not None and not random_reasons(vbase):
+            vfill = vbase.new(bs=bs, shuffle=False, drop_last=False)
+            self.caches['valid'] = self._cache('valid', vbase, self._batches(vfill), len(vbase.dataset))
             self._loaders['valid'] = (val, self._watch(val))
         else: self.caches.pop('valid', None)
 

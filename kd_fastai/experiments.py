@@ -17,6 +17,7 @@ from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401
 from .models import zoo_model, count_parameters
+from .ddp import launched_ctx
 
 # %% auto #0
 __all__ = ['EpochTimer', 'run_training', 'mean_std', 'summarize_runs', 'to_markdown', 'plot_curves']
@@ -49,7 +50,7 @@ def run_training(dls, # fastai DataLoaders
     name = getattr(model, 'name', type(model).__name__)
     timer = EpochTimer()
     learn = Learner(dls, model, metrics=accuracy, wd=wd, **learner_kwargs)
-    with learn.no_bar(), learn.no_logging():
+    with learn.no_bar(), learn.no_logging(), launched_ctx(learn):  # several processes (torchrun): fastai's DDP
         if train is None: learn.fit_one_cycle(epochs, lr, cbs=[timer] + list(cbs or []))
         else:
             learn.add_cb(timer)

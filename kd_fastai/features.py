@@ -20,6 +20,7 @@ from .losses import feature_mse_loss, attention_transfer_loss
 from .teacher import FrozenTeacher, first_output
 from .restore import FitScopedCallback
 from .kd import KDValue  # also patches Learner.distill
+from .ddp import DistributedDataParallel, unwrap_model, broadcast_params, sync_grads
 
 # %% auto #0
 __all__ = ['CHANNEL_FREE_LOSSES', 'find_module', 'feature_pairs', 'teacher_features', 'StopAt', 'make_adapter', 'match_size',
@@ -109,7 +110,11 @@ class StopAt(FitScopedCallback):
     def __init__(self, block:str): self.block = block  # dotted name of the student block, as `named_modules()` prints it
 
     def setup(self):
-        learn, model, name = self.learn, self.learn.model, self.block
+        learn, model, name = self.learn, unwrap_model(self.learn.model), self.block  # under DDP: the student inside the wrapper
+        if isinstance(learn.model, DistributedDataParallel) and not learn.model.find_unused_parameters:
+            raise ValueError(f"StopAt({name!r}) under DistributedDataParallel: the blocks after {name!r} receive no gradient, which DDP "
+                             "refuses by default. Launch with find_unused_parameters=True: learn.distrib_ctx(kwargs_handlers="
+                             "[accelerate.DistributedDataParallelKwargs(find_unused_parameters=True)]).")
         block = find_module(model, name, 'student')
         own, forward = model.__dict__.get('forward'), model.forward  # the (bound) forward that fastai would call
         def forward_to_block(*x, **kw):
@@ -195,7 +200,7 @@ class FeatureDistillCallback(FitScopedCallback):
         if 'teacher' not in self.__dict__:
             raise RuntimeError("This FeatureDistillCallback has no teacher: teachers are never saved with learn.export(). "
                                "Remove it with learn.remove_cb(FeatureDistillCallback) or add a new one with its teacher.")
-        model = self.learn.model
+        model = unwrap_model(self.learn.model)  # block names of the student itself, also inside DDP's wrapper
         self.pairs = feature_pairs(self.pairs, model, self.teacher.model)
         w = self.feat_weight
         self.weights = list(w) if isinstance(w, (list, tuple)) else [w] * len(self.pairs)
@@ -245,7 +250,7 @@ class FeatureDistillCallback(FitScopedCallback):
 
     def dry_run(self):
         "Forward the current batch in eval mode without gradient: create the adapters, fail clearly on unjoinable shapes"
-        model = self.learn.model
+        model = unwrap_model(self.learn.model)  # the plain student: no DDP collectives in this local dry run
         modes = [(m, m.training) for m in model.modules()]
         model.eval()
         try:
@@ -261,6 +266,7 @@ class FeatureDistillCallback(FitScopedCallback):
                 raise ValueError(f"The student's {s!r} features {tuple(a.shape)} cannot be compared with the teacher's "
                                  f"{t!r} features {tuple(b.shape)} (adapt={self.adapt!r}, resize={self.resize!r}): {e}") from e
         self.adapters.to(fs[0].device)
+        broadcast_params(self.adapters.parameters())  # under DDP every rank starts from rank 0's adapters
         opt, added = self.learn.opt, add_params(self.learn.opt, list(self.adapters.parameters()))
         self.on_exit(partial(remove_params, opt, added))
         self._clear()
@@ -283,6 +289,10 @@ class FeatureDistillCallback(FitScopedCallback):
         elif self.training: self.learn.loss_grad = self.task_weight * self.learn.loss_grad + feat
         else: return
         self.learn.loss = self.learn.loss_grad.detach().clone()
+
+    def before_step(self):
+        # the adapters are outside the DDP-wrapped student: average their gradients over the ranks, as DDP does for the student's
+        if self.active: sync_grads(self.adapters.parameters())
 
     def after_batch(self):
         if self.active: self._clear()

@@ -16,6 +16,7 @@ from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (patches Learne
 from .losses import soft_target_loss
 from .teacher import FrozenTeacher
 from .restore import FitScopedCallback
+from .ddp import DistributedDL, all_reduce_sum, is_distributed
 
 # %% auto #0
 __all__ = ['KDCallback', 'KDValue', 'kd_metrics', 'fit_distilling']
@@ -82,17 +83,23 @@ class KDCallback(FitScopedCallback):
 
 # %% ../nbs/04_kd.ipynb #b20cb6c0
 class KDValue(Metric):
-    "Batch-size weighted average of a value measured by a KD callback (`kd_term` or `agreement`)"
+    "Batch-size weighted average of a value measured by a KD callback (`kd_term` or `agreement`), over all ranks under DDP"
     def __init__(self, attr, name): self.attr,self._name = attr,name
-    def reset(self): self.total,self.count = 0.,0
+    def reset(self): self.total,self.count,self.sharded = 0.,0,False
     def accumulate(self, learn):
+        self.sharded |= isinstance(learn.dl, DistributedDL)  # this rank saw one shard of the loader (fastai's DDP)
         v = next((getattr(cb, self.attr) for cb in learn.cbs if getattr(cb, self.attr, None) is not None), None)
         if v is None: return
         bs = find_bs(learn.yb)
         self.total += float(v) * bs
         self.count += bs
     @property
-    def value(self): return self.total / self.count if self.count else None
+    def value(self):
+        total, count = self.total, self.count
+        if getattr(self, 'sharded', False) and is_distributed():  # sum every rank's total and count (a collective:
+            # every rank's Recorder asks for the value at the same point of the epoch)
+            total, count = all_reduce_sum(torch.tensor([float(total), float(count)], dtype=torch.float64)).tolist()
+        return total / count if count else None
     @property
     def name(self): return self._name
 

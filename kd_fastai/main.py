@@ -16,6 +16,7 @@ from .data import fashion_mnist_dls
 from .models import get_model, count_parameters
 from .kd import KDCallback
 from .experiments import run_training, summarize_runs, to_markdown, plot_curves, mean_std
+from .ddp import is_rank0, barrier
 
 # %% auto #0
 __all__ = ['PRESETS', 'get_teacher', 'distill_experiment', 'run_cli', 'kd_fastai_distill']
@@ -45,8 +46,10 @@ def get_teacher(dls, name:str, epochs:int, lr:float, seed:int, cache:Path, fract
         log(f"teacher {name}: training {epochs} epochs (saved to {f})")
         r = run_training(dls, model, epochs, lr, seed=seed, method='teacher')
         sec = r['sec_per_epoch']
-        f.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), f)
+        if is_rank0():  # several processes (torchrun): the same teacher on every rank, rank 0 saves it
+            f.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), f)
+        barrier()
     with learn.no_bar(), learn.no_logging(): acc = float(learn.validate()[1])
     return model, acc, sec
 
@@ -71,7 +74,9 @@ def distill_experiment(teacher:str='model_1M_wo_dw', # zoo name of the teacher
                        log=print)->pd.DataFrame:
     "Teacher, then student baseline and student KD for each seed; returns the summary table"
     out, cache = Path(out), Path(cache)
-    out.mkdir(parents=True, exist_ok=True)
+    rank0 = is_rank0()  # launched in several processes: every rank trains, only rank 0 logs and writes files
+    if not rank0: log = lambda *a, **k: None
+    else: out.mkdir(parents=True, exist_ok=True)
     if dls is None: dls = fashion_mnist_dls(bs=bs, fraction=fraction, seed=0, path=data)
     t_model, t_acc, t_sec = get_teacher(dls, teacher, teacher_epochs, lr, 0, cache, fraction, bs, log=log)
     t_params = count_parameters(t_model)
@@ -88,6 +93,7 @@ def distill_experiment(teacher:str='model_1M_wo_dw', # zoo name of the teacher
                                  'accuracy (%)': f"{t_acc*100:.2f}", 'acc_mean': t_acc * 100, 'acc_std': 0.,
                                  'sec/epoch': round(t_sec, 2), 'compression': '1.0x'}])
     table = pd.concat([teacher_row, table], ignore_index=True)
+    if not rank0: return table
     table.to_csv(out/f'{tag}_results.csv', index=False)
     cols = ['model', 'method', 'seeds', 'params', 'compression', 'accuracy (%)', 'sec/epoch']
     md = to_markdown(table, cols)
@@ -127,8 +133,9 @@ def run_cli(argv=None)->pd.DataFrame:
     threads = args.pop('threads', None)
     if threads: torch.set_num_threads(threads)
     kw.update(args)
-    try: table = distill_experiment(progress=sys.stdout.isatty(), **kw)
+    try: table = distill_experiment(progress=sys.stdout.isatty() and is_rank0(), **kw)
     except FileNotFoundError as e: sys.exit(f"kd_fastai_distill: {e}")
+    if not is_rank0(): return table  # launched in several processes: rank 0 reports
     print()
     print(to_markdown(table, ['model', 'method', 'seeds', 'params', 'compression', 'accuracy (%)', 'sec/epoch']))
     print(f"\nwritten to {Path(kw.get('out', 'kd_runs')).resolve()}")

@@ -16,6 +16,7 @@ from .losses import soft_target_loss
 from .teacher import FrozenTeacher, as_module, first_output
 from .kd import KDCallback
 from .restore import FitScopedCallback
+from .ddp import unwrap_model, is_rank0, barrier
 
 # %% auto #0
 __all__ = ['MANIFEST', 'load_anchor', 'Route', 'RouteRecorder', 'equal_schedule', 'RCOCallback']
@@ -159,7 +160,7 @@ class RouteRecorder(FitScopedCallback):
         return json.loads(f.read_text()) if f.is_file() else {}
 
     def _arch(self):
-        m = self.learn.model
+        m = unwrap_model(self.learn.model)
         arch = self.arch if self.arch is not None else getattr(m, 'name', None)
         kw = self.arch_kwargs
         if kw is None and arch is not None:
@@ -183,12 +184,14 @@ class RouteRecorder(FitScopedCallback):
             v = self.recorder.values[-1][names.index(self.monitor)]
             acc = None if v is None else float(v)
         fn = f"{self.fname}_e{n:03d}.pth"
-        torch.save({k: v.detach().cpu() for k, v in self.learn.model.state_dict().items()}, self.folder/fn)
         self.anchors = [a for a in self.anchors if a['epoch'] != n] + [dict(epoch=n, accuracy=acc, file=fn)]
-        arch, kw = self._arch()
-        tmp = self.folder/(MANIFEST + '.tmp')
-        tmp.write_text(json.dumps(dict(arch=arch, arch_kwargs=kw, anchors=self.anchors), indent=1))
-        os.replace(tmp, self.folder/MANIFEST)
+        if is_rank0():  # under DDP the ranks hold the same student: rank 0 writes, with the plain model's keys
+            torch.save({k: v.detach().cpu() for k, v in unwrap_model(self.learn.model).state_dict().items()}, self.folder/fn)
+            arch, kw = self._arch()
+            tmp = self.folder/(MANIFEST + '.tmp')
+            tmp.write_text(json.dumps(dict(arch=arch, arch_kwargs=kw, anchors=self.anchors), indent=1))
+            os.replace(tmp, self.folder/MANIFEST)
+        barrier()  # the other ranks read the route only once it is written
 
     @property
     def route(self)->Route:
@@ -305,7 +308,7 @@ class RCOCallback(KDCallback):
 
     def _score(self)->float:
         "Greedy criterion: agreement (or KL) between the student and the current anchor on the probe images"
-        m = self.learn.model
+        m = unwrap_model(self.learn.model)  # the plain student: a local forward, no DDP collectives
         p = next(m.parameters(), None)
         x = self._x_probe.to(p.device) if p is not None else self._x_probe
         was = m.training
@@ -329,7 +332,7 @@ class RCOCallback(KDCallback):
             self._next = min(self._next + int(caught), len(self.route) - 1)
             h['next'] = self._next
         self.history.append(h)
-        if self.state_file is not None:
+        if self.state_file is not None and is_rank0():  # every rank made the same decisions: rank 0 writes them
             self.state_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.state_file.with_name(self.state_file.name + '.tmp')
             tmp.write_text(json.dumps(dict(schedule=self.schedule, files=self.files, history=self.history), indent=1))

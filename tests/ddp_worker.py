@@ -1,0 +1,93 @@
+"""Run in 2 processes by tests/test_ddp.py and nbs/17_distributed.ipynb:
+`torchrun --nproc_per_node 2 tests/ddp_worker.py OUT`. Each scenario trains tiny models with kd_fastai callbacks under
+fastai's own `learn.distrib_ctx` (accelerate, gloo on CPU); rank 0 saves what every rank saw to OUT/results.pt."""
+import sys
+from pathlib import Path
+import torch
+from torch import nn
+import torch.distributed as dist
+from fastai.learner import Learner
+from fastai.optimizer import SGD
+from fastai.callback.core import Callback
+from kd_fastai.data import synthetic_dls
+from kd_fastai.kd import KDCallback, kd_metrics
+from kd_fastai.cached_kd import CachedKDCallback
+from kd_fastai.features import FeatureDistillCallback
+from kd_fastai.ddp import rank, world_size, unwrap_model
+from kd_fastai.main import distill_experiment
+
+torch.set_num_threads(1)
+LR, T, ALPHA = 0.1, 2., 0.7
+
+def student(): return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3))  # no BatchNorm: one process gives the same step
+def teacher(): return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 3))
+def state(m): return {k: v.detach().clone() for k, v in unwrap_model(m).state_dict().items()}
+def tiny_dls(): return synthetic_dls(n_train=32, n_valid=16, bs=8, seed=0, device='cpu')  # 2 ranks x 2 batches of 8, no padding
+
+class Counting(nn.Module):
+    "A teacher that counts the images it has seen"
+    def __init__(self, m): super().__init__(); self.m, self.seen = m, 0
+    def forward(self, x): self.seen += len(x); return self.m(x)
+
+class FirstStep(Callback):
+    "Records this rank's first training batch, its loss, the weights after the first step, and what `learn.model` is"
+    order = 95
+    def __init__(self, teacher): self.teacher, self.got = teacher, None
+    def after_step(self):
+        if self.got is not None: return
+        m = self.learn.model
+        self.got = dict(x=self.x.detach().cpu(), y=self.y.cpu(), loss=self.learn.loss.item(), w=state(m),
+                        wrapper=type(m).__name__, teacher_inside=any(t is self.teacher for t in m.modules()),
+                        teacher_grads=[p.grad is not None for p in self.teacher.parameters()])
+
+def fit_kd(cbs, teacher_module, epochs=1, seed=1):
+    torch.manual_seed(seed)
+    learn = Learner(tiny_dls(), student(), opt_func=SGD, wd=0., metrics=kd_metrics())
+    fs = FirstStep(teacher_module)
+    with learn.no_bar(), learn.distrib_ctx(cpu=True, sync_bn=False): learn.fit(epochs, LR, cbs=[*cbs, fs])
+    return learn, fs.got
+
+def main(out:Path):
+    "Every scenario, in this process (one of 2); rank 0 saves all ranks' results to `out/results.pt`"
+    res = dict(world_size=None)
+    # 1. KDCallback: the teacher stays outside DDP and unchanged; metrics over both ranks
+    torch.manual_seed(0)
+    t = teacher().train()
+    t_before = state(t)
+    learn, first = fit_kd([KDCallback(t, T=T, alpha=ALPHA)], t, epochs=2)
+    res['world_size'] = world_size()
+    res['kd'] = dict(first=first, final=state(learn.model), values=learn.recorder.values[-1], names=learn.recorder.metric_names,
+                     teacher_same=all(torch.equal(v, t_before[k]) for k, v in t.state_dict().items()),
+                     teacher_restored=t.training and all(p.requires_grad and p.grad is None for p in t.parameters()),
+                     model_after=type(learn.model).__name__)
+    # 2. CachedKDCallback: rank 0 fills the cache in path= once, every rank looks up its own shard's items
+    torch.manual_seed(0)
+    ct = Counting(teacher())
+    learn, first = fit_kd([CachedKDCallback(ct, path=out/'cache', verbose=False)], ct)
+    res['cached'] = dict(first=first, final=state(learn.model), seen=ct.seen, values=learn.recorder.values[-1])
+    try:
+        fit_kd([CachedKDCallback(ct, verbose=False)], ct)
+        res['cached']['no_path'] = None
+    except ValueError as e: res['cached']['no_path'] = str(e)
+    # 3. FeatureDistillCallback: adapters outside the DDP model, different random init per rank, must stay identical
+    torch.manual_seed(0)
+    ft = teacher()
+    torch.manual_seed(10 + rank())
+    cb = FeatureDistillCallback(ft, pairs=[('0', '0')])  # student 4 channels -> teacher 8: a 1x1 adapter
+    learn, first = fit_kd([cb], ft, seed=10 + rank())
+    res['features'] = dict(adapters={k: v.clone() for k, v in cb.adapters.state_dict().items()}, final=state(learn.model))
+    # 4. the main job launched in 2 processes: both train, rank 0 alone logs and writes
+    logged = []
+    tab = distill_experiment('model_25k_wo_dw', 'model_25k_wo_dw', epochs=1, teacher_epochs=1, seeds=1,
+                             dls=synthetic_dls(n_train=32, n_valid=16, size=28, bs=8, seed=0, device='cpu'),
+                             out=out/'main'/f'rank{rank()}', cache=out/'teachers', log=logged.append)
+    res['main'] = dict(logged=logged, methods=list(tab.method), files=sorted(p.name for p in (out/'main'/f'rank{rank()}').glob('*')),
+                       teachers=sorted(p.name for p in (out/'teachers').glob('*')))
+
+    gathered = [None] * world_size()
+    dist.all_gather_object(gathered, res)
+    if rank() == 0: torch.save(gathered, out/'results.pt')
+    dist.barrier()
+    dist.destroy_process_group()
+
+if __name__ == '__main__': main(Path(sys.argv[1]))

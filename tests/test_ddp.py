@@ -1,0 +1,100 @@
+"""kd_fastai's callbacks under fastai's DDP (`learn.distrib_ctx`, accelerate, gloo on 2 CPU processes, loopback only):
+`tests/ddp_worker.py` runs the scenarios in 2 processes; here their results are checked against one process."""
+import os, socket, subprocess, sys
+from pathlib import Path
+import pytest
+import torch
+from torch import nn
+from fastai.learner import Learner
+from fastai.optimizer import SGD
+from fastai.losses import CrossEntropyLossFlat
+from fastai.callback.core import Callback, CancelFitException
+from fastai.data.core import DataLoaders
+from fastai.data.load import DataLoader
+from kd_fastai.kd import KDCallback
+from kd_fastai.losses import soft_target_loss
+
+pytest.importorskip('accelerate')  # fastai's distrib_ctx needs it (a dev requirement)
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT/'tests'))
+
+def free_port():
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+def launch(out:Path, timeout=300):
+    "Run tests/ddp_worker.py in 2 CPU processes with torchrun on the loopback interface; the ranks' results"
+    port = free_port()
+    env = {**os.environ, 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port), 'OMP_NUM_THREADS': '1',
+           'PYTHONPATH': os.pathsep.join(p for p in (os.environ.get('PYTHONPATH'), str(ROOT)) if p)}
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_addr', '127.0.0.1',
+           '--master_port', str(port), str(ROOT/'tests'/'ddp_worker.py'), str(out)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-6000:])
+    return torch.load(out/'results.pt', weights_only=False)
+
+@pytest.fixture(scope='module')
+def ranks(tmp_path_factory): return launch(tmp_path_factory.mktemp('ddp'))
+
+def same(a:dict, b:dict): return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+def test_kd_under_ddp(ranks):
+    import ddp_worker as w
+    r0, r1 = ranks
+    assert r0['world_size'] == 2
+    k0, k1 = r0['kd'], r1['kd']
+    assert same(k0['final'], k1['final'])                         # the student is identical on both ranks
+    for k in (k0, k1):
+        assert k['first']['wrapper'] == 'DistributedDataParallel' and not k['first']['teacher_inside']  # only the student is wrapped
+        assert not any(k['first']['teacher_grads'])                 # the teacher never gets a gradient (nothing to all-reduce)
+        assert k['teacher_same'] and k['teacher_restored']         # bit-identical, handed back in train mode with gradients on
+        assert k['model_after'] == 'Sequential'
+    assert not torch.equal(k0['first']['x'], k1['first']['x'])     # each rank saw its own shard
+    # one process with the same global batch (both ranks' first batches) and the same initial weights takes the same step
+    torch.manual_seed(0); t = w.teacher()
+    torch.manual_seed(1); s = w.student()
+    x = torch.cat([k0['first']['x'], k1['first']['x']]); y = torch.cat([k0['first']['y'], k1['first']['y']])
+    class StopAfterStep(Callback):
+        def after_step(self): raise CancelFitException()
+    learn = Learner(DataLoaders(DataLoader(list(zip(x, y)), bs=16), DataLoader(list(zip(x, y)), bs=16), device='cpu'), s, opt_func=SGD, wd=0., loss_func=CrossEntropyLossFlat())
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, w.LR, cbs=[KDCallback(t, T=w.T, alpha=w.ALPHA), StopAfterStep()])
+    for n, v in s.state_dict().items(): torch.testing.assert_close(v, k0['first']['w'][n], rtol=0, atol=1e-6)  # stated tolerance: 1e-6
+    loss = (k0['first']['loss'] + k1['first']['loss']) / 2             # the mean of the ranks' losses = the global batch's
+    t.eval()
+    torch.manual_seed(1); s0 = w.student()
+    with torch.no_grad(): expected = (1 - w.ALPHA) * nn.functional.cross_entropy(s0(x), y) + w.ALPHA * soft_target_loss(s0(x), t(x), y, T=w.T)
+    assert abs(loss - expected.item()) < 1e-5
+    # validation metrics over both ranks equal the single-process values of the final student on the whole validation set
+    names = k0['names'][1:-1]
+    vals = dict(zip(names, k0['values']))
+    assert k0['values'] == k1['values']
+    dls = w.tiny_dls()
+    xv = torch.cat([b[0] for b in dls.valid]); yv = torch.cat([b[1] for b in dls.valid])
+    s.load_state_dict(k0['final'])
+    with torch.no_grad(): sp, tp = s(xv), t(xv)
+    assert abs(vals['distill_loss'] - soft_target_loss(sp, tp, yv, T=w.T).item()) < 1e-5
+    assert abs(vals['teacher_agreement'] - (sp.argmax(1) == tp.argmax(1)).float().mean().item()) < 1e-6
+
+def test_cache_under_ddp(ranks):
+    import ddp_worker as w
+    c0, c1 = ranks[0]['cached'], ranks[1]['cached']
+    assert c0['seen'] + c1['seen'] == 32 + 16 and c1['seen'] == 0   # filled once, by rank 0 (training + validation items)
+    assert same(c0['final'], c1['final']) and c0['values'] == c1['values']
+    torch.manual_seed(0); t = w.teacher().eval()
+    for c in (c0, c1):  # each rank's first batch was paired with its own items' teacher outputs (fp16 cache: 1e-3)
+        torch.manual_seed(1); s0 = w.student()
+        x, y = c['first']['x'], c['first']['y']
+        with torch.no_grad(): expected = 0.1 * nn.functional.cross_entropy(s0(x), y) + 0.9 * soft_target_loss(s0(x), t(x), y, T=4.)  # the defaults
+        assert abs(c['first']['loss'] - expected.item()) < 1e-3
+    for c in (c0, c1): assert 'needs path=' in c['no_path']           # without a shared folder: a clear refusal
+
+def test_adapters_under_ddp(ranks):
+    f0, f1 = ranks[0]['features'], ranks[1]['features']
+    assert list(f0['adapters']) == ['0.weight']                          # an adapter was created and trained
+    assert same(f0['adapters'], f1['adapters']) and same(f0['final'], f1['final'])
+
+def test_main_job_under_ddp(ranks):
+    m0, m1 = ranks[0]['main'], ranks[1]['main']
+    assert m0['methods'] == m1['methods'] == ['teacher', 'baseline', 'KD (T=4, alpha=0.9)']
+    assert m0['files'] == ['kd_curves.png', 'kd_results.csv', 'kd_results.md', 'kd_runs.json'] and m1['files'] == []
+    assert m0['logged'] and m1['logged'] == []                          # rank 0 alone reports
+    assert len(m0['teachers']) == 1                                     # one teacher file, written by rank 0
