@@ -13,7 +13,7 @@ from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
 from fastprogress.fastprogress import progress_bar
 from .data import fashion_mnist_dls
-from .models import get_model, count_parameters
+from .models import zoo_model, count_parameters
 from .kd import KDCallback
 from .experiments import run_training, summarize_runs, to_markdown, plot_curves, mean_std
 from .ddp import is_rank0, barrier
@@ -36,7 +36,7 @@ def _teacher_file(cache:Path, teacher:str, epochs:int, fraction:float, seed:int,
 def get_teacher(dls, name:str, epochs:int, lr:float, seed:int, cache:Path, fraction:float, bs:int, log=print):
     "Load the teacher from `cache`, or train it and save it there; returns (model, accuracy, seconds per epoch)"
     f = _teacher_file(Path(cache), name, epochs, fraction, seed, bs, lr)
-    model = get_model(name, in_channels=1, num_classes=dls.c)
+    model = zoo_model(name, in_channels=1, num_classes=dls.c)
     learn = Learner(dls, model, metrics=accuracy)
     if f.exists():
         model.load_state_dict(torch.load(f, map_location='cpu'))

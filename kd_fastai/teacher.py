@@ -44,7 +44,7 @@ def _load_file(path:Path, arch=None, arch_kwargs=None)->nn.Module:
 # %% ../nbs/03_teacher.ipynb #6b05fa50
 def as_module(model, # an `nn.Module`, a `Learner`, a file path, or a kd_fastai zoo name
               arch=None, # architecture (module or zoo name) for a weights-only file
-              arch_kwargs:dict|None=None, # keyword arguments for `get_model` when a zoo name is given
+              arch_kwargs:dict|None=None, # keyword arguments for `zoo_model` when a zoo name is given
               what:str='teacher', # how to call the model in error messages
              )->nn.Module:
     "Return the `nn.Module` behind `model`, with a clear error for anything that is not a model"
@@ -56,8 +56,8 @@ def as_module(model, # an `nn.Module`, a `Learner`, a file path, or a kd_fastai 
     if isinstance(model, Path) or (isinstance(model, str) and (Path(model).suffix in ('.pkl', '.pth', '.pt') or Path(model).exists())):
         return _load_file(Path(model), arch, arch_kwargs)
     if isinstance(model, str):
-        from kd_fastai.models import get_model
-        return get_model(model, **(arch_kwargs or {}))
+        from kd_fastai.models import zoo_model
+        return zoo_model(model, **(arch_kwargs or {}))
     hint = f" ({getattr(model, '__name__', model)} is a function: call it to build the model, and load its trained weights)" if callable(model) else ''
     raise TypeError(f"The {what} must be an nn.Module, a fastai Learner or the path of a saved model, "
                     f"got {type(model).__name__}{hint}.")
