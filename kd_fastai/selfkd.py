@@ -20,10 +20,12 @@ from .losses import soft_target_loss, virtual_teacher_probs
 from .teacher import first_output, as_module
 from .kd import KDCallback  # also patches Learner.distill
 from .restore import FitScopedCallback
+from .ddp import unwrap_model, plain_dl
+from fastai.distributed import DistributedDL
 
 # %% auto #0
-__all__ = ['loader_labels', 'ClassPairSampler', 'is_class_pair_dl', 'class_pair_dl', 'CSKDCallback', 'reinit_model',
-           'VirtualTeacherCallback']
+__all__ = ['loader_labels', 'ClassPairSampler', 'is_class_pair_dl', 'PairShards', 'shard_pairs', 'class_pair_dl', 'CSKDCallback',
+           'reinit_model', 'VirtualTeacherCallback']
 
 # %% ../nbs/12_selfkd.ipynb #2d1971c1
 def _class_id(y):
@@ -105,8 +107,30 @@ class ClassPairSampler:
             yield chunk
 
 def is_class_pair_dl(dl)->bool:
-    "Whether `dl` yields CS-KD class-wise pairs (made by `class_pair_dl`)"
-    return isinstance(getattr(dl, '__dict__', {}).get('class_pairs'), ClassPairSampler)
+    "Whether `dl` yields CS-KD class-wise pairs (made by `class_pair_dl`; also behind fastai's `DistributedDL`)"
+    return isinstance(getattr(plain_dl(dl), '__dict__', {}).get('class_pairs'), ClassPairSampler)
+
+class PairShards:
+    "Each rank's share of a class-pair loader behind fastai's `DistributedDL`: whole batches of B samples + B partners"
+    def __init__(self, ddl): self.ddl, self.idxs = ddl, []
+    def get_idxs(self):
+        ddl, step = self.ddl, 2 * self.ddl.bs
+        idxs = ddl._broadcast(list(ddl.dl.get_idxs()), 0)  # rank 0's pairs on every rank
+        batches = [idxs[k:k + step] for k in range(0, len(idxs), step)]  # only the last may be short
+        batches += batches[:-len(batches) % ddl.world_size]  # as many batches on every rank: repeat the first ones
+        ddl.n = ddl.n_padded = sum(map(len, batches))  # nothing to unpad (training batches are not gathered)
+        mine = batches[ddl.rank::ddl.world_size]  # round robin: a short batch is always its rank's last
+        self.idxs = [i for b in mine for i in b]
+        return self.idxs
+    def sample(self):
+        step = 2 * self.ddl.bs  # whole pair batches per loader worker
+        return (b for i, b in enumerate(self.idxs) if i // step % self.ddl.num_workers == self.ddl.offs)
+
+def shard_pairs(ddl:DistributedDL):
+    "Make fastai's `DistributedDL` over a class-pair loader shard whole pair batches (its own split would cut them)"
+    s = PairShards(ddl)
+    ddl.get_idxs, ddl.sample = s.get_idxs, s.sample  # the wrapped loader's `chunkify` already groups 2B items
+    return ddl
 
 # %% ../nbs/12_selfkd.ipynb #39077f3f
 def class_pair_dl(dl, # a fastai `DataLoader` over an indexed data set with one class per item
@@ -171,6 +195,8 @@ class CSKDCallback(FitScopedCallback):
         if not is_class_pair_dl(self.dl):
             raise RuntimeError("CSKDCallback needs a training loader that yields class-wise pairs (2B items: B samples, then "
                                "B partners of the same classes); this one does not. " + _HOW)
+        if isinstance(self.dl, DistributedDL) and not isinstance(getattr(self.dl.get_idxs, '__self__', None), PairShards):
+            shard_pairs(self.dl)  # fastai's DDP wrapped the loader for this fit only: no undo needed
         self.on_exit(self._release)
 
     def _release(self): self.partner_xb = self.partner_out = None
@@ -190,8 +216,8 @@ class CSKDCallback(FitScopedCallback):
         if self.partner_xb is None: return
         with torch.no_grad():
             if self.partner_bn == 'eval':
-                with _bn_eval(self.model): out = self.model(*self.partner_xb)
-            else: out = self.model(*self.partner_xb)
+                with _bn_eval(self.model): out = unwrap_model(self.model)(*self.partner_xb)
+            else: out = unwrap_model(self.model)(*self.partner_xb)  # under DDP: a local forward, no collectives
         self.partner_out, self.partner_xb = first_output(out).detach(), None
 
     def after_loss(self):
