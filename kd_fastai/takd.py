@@ -20,7 +20,7 @@ from .models import zoo_model, count_parameters, resolve_model_name
 from .teacher import as_module, FrozenTeacher, first_output
 from .kd import KDCallback
 from .restore import FitScopedCallback
-from .ddp import launched_ctx, broadcast_object, barrier
+from .ddp import launched_ctx, broadcast_object, barrier, init_launched
 
 # %% auto #0
 __all__ = ['BestWeights', 'LogitEnsemble', 'distill_chain']
@@ -137,6 +137,7 @@ def distill_chain(models, # [teacher, assistant_1, ..., student]: modules, Learn
     metrics = learner_kwargs.pop('metrics', accuracy)
     known = ['train_loss', 'valid_loss'] + [mk_metric(m).name for m in L(metrics)]
     if monitor not in known: raise ValueError(f"monitor={monitor!r} is not recorded by the stages: use one of {known}.")
+    init_launched()  # in a launched script: the process group, so that every rank can use rank 0's folder
     tmp = tempfile.TemporaryDirectory() if path is None else None
     folder = Path(broadcast_object(tmp.name) if tmp is not None else path)  # launched in several processes: rank 0's folder
     folder.mkdir(parents=True, exist_ok=True)

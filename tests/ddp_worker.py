@@ -89,10 +89,6 @@ def more_callbacks(out:Path, res:dict):
     rco = RCOCallback(out/'route', arch=teacher, T=T, alpha=ALPHA)
     learn, _ = fit_kd([rco], rco.teacher.model, epochs=2)
     res['rco'] = dict(final=state(learn.model), teacher=state(tl.model), files=sorted(p.name for p in (out/'route').glob('*')), loads=rco.loads)
-    # TAKD: distill_chain inside the launched script (each stage under fastai's DDP by itself), best weights in rank 0's folder
-    torch.manual_seed(0)
-    trained, tab = distill_chain([tl.model, student(), student()], tiny_dls(), epochs=1, lr=LR, train_teacher=False, opt_func=SGD)
-    res['chain'] = dict(final=state(trained[-1]), middle=state(trained[1]), acc=list(tab.accuracy), teacher_same=same_teacher(tl.model, res['rco']['teacher']))
     # stagewise and FitNets: StopAt leaves later blocks without gradient, a clear refusal unless find_unused_parameters=True
     torch.manual_seed(0); t = teacher(); before = state(t)
     stage = lambda l, cbs: l.fit_stagewise(t, pairs=[('0', '0')], head='4', lrs=LR, fit='fit', cbs=cbs)
@@ -106,6 +102,12 @@ def more_callbacks(out:Path, res:dict):
 def main(out:Path):
     "Every scenario, in this process (one of 2); rank 0 saves all ranks' results to `out/results.pt`"
     res = dict(world_size=None)
+    # 0. TAKD first, before any process group exists: distill_chain starts it, each stage a DDP fit by itself,
+    # the best weights of each stage in rank 0's temporary folder
+    torch.manual_seed(0); ct = teacher(); before = state(ct)
+    res['group_before_chain'] = dist.is_initialized()
+    trained, tab = distill_chain([ct, student(), student()], tiny_dls(), epochs=1, lr=LR, train_teacher=False, opt_func=SGD)
+    res['chain'] = dict(final=state(trained[-1]), middle=state(trained[1]), acc=list(tab.accuracy), teacher_same=same_teacher(ct, before))
     # 1. KDCallback: the teacher stays outside DDP and unchanged; metrics over both ranks
     torch.manual_seed(0)
     t = teacher().train()

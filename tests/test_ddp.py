@@ -134,6 +134,7 @@ def test_other_callbacks_under_ddp(ranks):
     for k in ('virtual', 'rco', 'chain', 'stagewise', 'hint'): assert same(r0[k]['final'], r1[k]['final']), k
     assert same(r0['rco']['teacher'], r1['rco']['teacher'])             # the teacher trained under DDP with RouteRecorder
     assert r0['rco']['files'] == ['anchor_e001.pth', 'anchor_e002.pth', 'route.json'] and r0['rco']['loads'] == r1['rco']['loads'] == 2
+    assert not r0['group_before_chain']                                 # distill_chain started the process group itself
     assert same(r0['chain']['middle'], r1['chain']['middle']) and r0['chain']['acc'] == r1['chain']['acc']
     for k in ('chain', 'stagewise', 'hint'): assert r0[k]['teacher_same'] and r1[k]['teacher_same'], k
     for r in (r0, r1): assert 'find_unused_parameters=True' in r['refusal']  # without it: StopAt's clear refusal
