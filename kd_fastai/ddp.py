@@ -14,7 +14,7 @@ from fastai.distributed import DistributedDL
 
 # %% auto #0
 __all__ = ['world_size', 'rank', 'is_distributed', 'is_rank0', 'barrier', 'comm_device', 'all_reduce_sum', 'broadcast_object',
-           'broadcast_params', 'sync_grads', 'launched_ctx', 'unwrap_model', 'plain_dl']
+           'broadcast_params', 'sync_grads', 'init_launched', 'launched_ctx', 'unwrap_model', 'plain_dl']
 
 # %% ../nbs/03b_ddp.ipynb #f559747c
 def _dist()->bool: return torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -86,6 +86,12 @@ def sync_grads(params):
         i += k
 
 # %% ../nbs/03b_ddp.ipynb #1e22a7e4
+def init_launched():
+    "Start the process group of a script launched in several processes (WORLD_SIZE > 1) as `distrib_ctx` would (accelerate), if not yet started"
+    if num_distrib() > 1 and not _dist():
+        from accelerate import PartialState
+        PartialState(cpu=not torch.cuda.is_available())  # gloo on CPU processes, NCCL on GPUs
+
 def launched_ctx(learn, **kwargs):
     "`learn.distrib_ctx(**kwargs)` when this script runs in several processes (`torchrun`, `accelerate launch`: WORLD_SIZE > 1), else a no-op"
     if num_distrib() <= 1: return nullcontext(learn)

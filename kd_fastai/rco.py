@@ -16,7 +16,7 @@ from .losses import soft_target_loss
 from .teacher import FrozenTeacher, as_module, first_output
 from .kd import KDCallback
 from .restore import FitScopedCallback
-from .ddp import unwrap_model, is_rank0, barrier
+from .ddp import unwrap_model, is_rank0, barrier, plain_dl
 
 # %% auto #0
 __all__ = ['MANIFEST', 'load_anchor', 'Route', 'RouteRecorder', 'equal_schedule', 'RCOCallback']
@@ -209,6 +209,7 @@ def equal_schedule(n_epoch:int, n_anchors:int)->list:
 # %% ../nbs/11_rco.ipynb #7d23d3fc
 def _peek_batch(dl):
     "The first batch of `dl` without changing the random state its later iterations will use"
+    dl = plain_dl(dl)  # under DDP: the loader behind fastai's `DistributedDL` (a local read, no collectives)
     rng = getattr(dl, 'rng', None)
     st = rng.getstate() if rng is not None else None
     try: return dl.one_batch()

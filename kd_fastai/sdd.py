@@ -13,6 +13,7 @@ from fastai.layers import AdaptiveConcatPool2d
 from .losses import sdd_loss
 from .models import ConcatPool2d
 from .logit import LogitKDCallback
+from .ddp import unwrap_model
 
 # %% auto #0
 __all__ = ['find_pool_head', 'RegionalLogits', 'SDDCallback']
@@ -116,8 +117,8 @@ class SDDCallback(LogitKDCallback):
         self.student_regions = None
 
     def setup(self):
-        super().setup()
-        self._regional = (RegionalLogits(self.learn.model, self.scales, self.feature_layer, self.classifier, 'student'),
+        super().setup()  # under DDP: the student's layers inside the wrapper
+        self._regional = (RegionalLogits(unwrap_model(self.learn.model), self.scales, self.feature_layer, self.classifier, 'student'),
                           RegionalLogits(self.teacher.model, self.scales, self.teacher_feature_layer, self.teacher_classifier, 'teacher'))
         self._hooks = (self._regional[0].hook(detach=False), self._regional[1].hook(detach=True))
         for h in self._hooks: self.on_exit(h.remove)

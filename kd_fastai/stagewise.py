@@ -15,6 +15,7 @@ from .losses import feature_mse_loss
 from .teacher import FrozenTeacher
 from .restore import FitScopedCallback
 from .kd import KDCallback
+from .ddp import unwrap_model
 from .features import *  # the names kd_fastai.stagewise had before the split stay importable from it
 
 # %% auto #0
@@ -31,7 +32,7 @@ class TrainOnly(FitScopedCallback):
         self.names, self.eval_frozen, self._frozen = L(names), eval_frozen, []
 
     def setup(self):
-        model = self.learn.model
+        model = unwrap_model(self.learn.model)  # under DDP: the student inside the wrapper
         mods = [find_module(model, n, 'student') for n in self.names]
         params = list(model.parameters())
         flags = [p.requires_grad for p in params]
@@ -64,11 +65,11 @@ class KeepBest(TrackerCallback):
     def after_epoch(self):
         super().after_epoch()
         if self.new_best:
-            self.best_state = {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
+            self.best_state = {k: v.detach().clone() for k, v in unwrap_model(self.learn.model).state_dict().items()}  # plain keys, also under DDP
             self.best_epoch = self.epoch
     def after_fit(self):
         super().after_fit()
-        if self.best_state is not None: self.learn.model.load_state_dict(self.best_state)
+        if self.best_state is not None: unwrap_model(self.learn.model).load_state_dict(self.best_state)
         self.best_state = None
 
 # %% ../nbs/13a_stagewise.ipynb #3601cdd7

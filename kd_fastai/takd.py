@@ -20,6 +20,7 @@ from .models import zoo_model, count_parameters, resolve_model_name
 from .teacher import as_module, FrozenTeacher, first_output
 from .kd import KDCallback
 from .restore import FitScopedCallback
+from .ddp import launched_ctx, broadcast_object, barrier, init_launched
 
 # %% auto #0
 __all__ = ['BestWeights', 'LogitEnsemble', 'distill_chain']
@@ -136,8 +137,9 @@ def distill_chain(models, # [teacher, assistant_1, ..., student]: modules, Learn
     metrics = learner_kwargs.pop('metrics', accuracy)
     known = ['train_loss', 'valid_loss'] + [mk_metric(m).name for m in L(metrics)]
     if monitor not in known: raise ValueError(f"monitor={monitor!r} is not recorded by the stages: use one of {known}.")
+    init_launched()  # in a launched script: the process group, so that every rank can use rank 0's folder
     tmp = tempfile.TemporaryDirectory() if path is None else None
-    folder = Path(tmp.name if tmp is not None else path)
+    folder = Path(broadcast_object(tmp.name) if tmp is not None else path)  # launched in several processes: rank 0's folder
     folder.mkdir(parents=True, exist_ok=True)
     trained, rows = [], []
     try:
@@ -152,13 +154,14 @@ def distill_chain(models, # [teacher, assistant_1, ..., student]: modules, Learn
             if k == 0:
                 ep, l = (teacher_epochs or epochs[0], teacher_lr or lr[0]) if train_teacher else (0, None)
                 if train_teacher:
-                    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(ep, l, cbs=[best] + list(cbs or []))
+                    with learn.no_bar(), learn.no_logging(), launched_ctx(learn): learn.fit_one_cycle(ep, l, cbs=[best] + list(cbs or []))
                 row.update(epochs=ep, T=None, alpha=None, lr=l)
             else:
                 teach = LogitEnsemble(trained) if ensemble else trained[-1]
                 row['teacher'] = ('ensemble(' + ', '.join(_name(m) for m in trained) + ')') if ensemble else _name(trained[-1])
                 kd = KDCallback(FrozenTeacher(teach), T=T[k-1], alpha=alpha[k-1], valid_metrics=False)
-                with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs[k-1], lr[k-1], cbs=[kd, best] + list(cbs or []))
+                with learn.no_bar(), learn.no_logging(), launched_ctx(learn):  # several processes (torchrun): fastai's DDP
+                    learn.fit_one_cycle(epochs[k-1], lr[k-1], cbs=[kd, best] + list(cbs or []))
                 row.update(epochs=epochs[k-1], T=T[k-1], alpha=alpha[k-1], lr=lr[k-1])
             sec = time.perf_counter() - t0
             trained_now = k > 0 or train_teacher
@@ -173,5 +176,7 @@ def distill_chain(models, # [teacher, assistant_1, ..., student]: modules, Learn
     finally:  # the loaders' random generators and cudnn's flags are handed back as they were
         _put_back_rngs(rngs)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
-        if tmp is not None: tmp.cleanup()
+        if tmp is not None:
+            barrier()  # every rank has loaded its best weights from rank 0's folder
+            tmp.cleanup()
     return trained, pd.DataFrame(rows)

@@ -15,6 +15,13 @@ from kd_fastai.cached_kd import CachedKDCallback
 from kd_fastai.features import FeatureDistillCallback
 from kd_fastai.ddp import rank, world_size, unwrap_model
 from kd_fastai.main import distill_experiment
+from kd_fastai.methods import distill  # noqa: F401 (patches Learner.distill with method=)
+from kd_fastai.selfkd import CSKDCallback, VirtualTeacherCallback
+from kd_fastai.rco import RouteRecorder, RCOCallback
+from kd_fastai.takd import distill_chain
+from kd_fastai.stagewise import fit_stagewise  # noqa: F401
+from kd_fastai.features import fit_hint  # noqa: F401
+from accelerate import DistributedDataParallelKwargs
 
 torch.set_num_threads(1)
 LR, T, ALPHA = 0.1, 2., 0.7
@@ -40,16 +47,67 @@ class FirstStep(Callback):
                         wrapper=type(m).__name__, teacher_inside=any(t is self.teacher for t in m.modules()),
                         teacher_grads=[p.grad is not None for p in self.teacher.parameters()])
 
-def fit_kd(cbs, teacher_module, epochs=1, seed=1):
+def fit_kd(cbs, teacher_module, epochs=1, seed=1, dls=None, train=None, **ctx):
+    "Fit a fresh student under `distrib_ctx` with `cbs` (or run `train(learn, cbs)`); the learner and its first step"
     torch.manual_seed(seed)
-    learn = Learner(tiny_dls(), student(), opt_func=SGD, wd=0., metrics=kd_metrics())
+    learn = Learner(dls or tiny_dls(), student(), opt_func=SGD, wd=0., metrics=kd_metrics())
     fs = FirstStep(teacher_module)
-    with learn.no_bar(), learn.distrib_ctx(cpu=True, sync_bn=False): learn.fit(epochs, LR, cbs=[*cbs, fs])
+    with learn.no_bar(), learn.distrib_ctx(cpu=True, sync_bn=False, **ctx):
+        if train is None: learn.fit(epochs, LR, cbs=[*cbs, fs])
+        else: train(learn, [*cbs, fs])
     return learn, fs.got
+
+class Batches(Callback):
+    "The labels of every training batch as the loader gave it (before CS-KD splits it)"
+    order = -10
+    def __init__(self): self.ys, self.xs = [], []
+    def before_batch(self):
+        if self.training: self.ys.append(self.y.cpu()); self.xs.append(self.x.cpu())
+
+def same_teacher(t, before): return all(torch.equal(v, before[k]) for k, v in t.state_dict().items())
+FIND_UNUSED = dict(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+def more_callbacks(out:Path, res:dict):
+    "The other kd_fastai callbacks and training functions, each in a short fit"
+    # logit methods through learn.distill(method=...): the first step of DKD is checked against one process
+    for m in ('dkd', 'dist', 'clkd', 'mlkd', 'sdd'):
+        torch.manual_seed(0); t = teacher().train(); before = state(t)
+        learn, first = fit_kd([], t, train=lambda l, cbs: l.distill(t, 1, LR, method=m, fit='fit', cbs=cbs))
+        res[m] = dict(final=state(learn.model), teacher_same=same_teacher(t, before), first=first if m == 'dkd' else None,
+                      teacher_inside=first['teacher_inside'], teacher_grads=any(first['teacher_grads']))
+    # CS-KD: 40 items in batches of 8 = 5 pair batches of 8 + 8, padded to 6 (the first repeated): 3 whole pair batches per rank
+    b = Batches()
+    learn, _ = fit_kd([CSKDCallback(), b], student(), dls=synthetic_dls(n_train=40, n_valid=16, bs=8, seed=0, device='cpu').with_class_pairs())
+    res['cskd'] = dict(final=state(learn.model), ys=b.ys, xs=b.xs)
+    # Tf-KD's virtual teacher
+    learn, _ = fit_kd([VirtualTeacherCallback()], student())
+    res['virtual'] = dict(final=state(learn.model))
+    # RCO: the teacher's route recorded under DDP (rank 0 writes), then the student distils from its anchors on every rank
+    torch.manual_seed(0)
+    tl = Learner(tiny_dls(), teacher(), opt_func=SGD, wd=0.)
+    with tl.no_bar(), tl.no_logging(), tl.distrib_ctx(cpu=True, sync_bn=False): tl.fit(2, LR, cbs=RouteRecorder(out/'route', monitor='valid_loss'))
+    rco = RCOCallback(out/'route', arch=teacher, T=T, alpha=ALPHA)
+    learn, _ = fit_kd([rco], rco.teacher.model, epochs=2)
+    res['rco'] = dict(final=state(learn.model), teacher=state(tl.model), files=sorted(p.name for p in (out/'route').glob('*')), loads=rco.loads)
+    # stagewise and FitNets: StopAt leaves later blocks without gradient, a clear refusal unless find_unused_parameters=True
+    torch.manual_seed(0); t = teacher(); before = state(t)
+    stage = lambda l, cbs: l.fit_stagewise(t, pairs=[('0', '0')], head='4', lrs=LR, fit='fit', cbs=cbs)
+    try: fit_kd([], t, train=stage); res['refusal'] = None
+    except ValueError as e: res['refusal'] = str(e)
+    learn, _ = fit_kd([], t, train=stage, **FIND_UNUSED)
+    res['stagewise'] = dict(final=state(learn.model), teacher_same=same_teacher(t, before))
+    learn, _ = fit_kd([], t, train=lambda l, cbs: l.fit_hint(t, hint='0', guided='0', n_epoch=1, lr=LR, hint_lr=LR, fit='fit', cbs=cbs), **FIND_UNUSED)
+    res['hint'] = dict(final=state(learn.model), teacher_same=same_teacher(t, before), hint_loss=learn.hint_loss)
 
 def main(out:Path):
     "Every scenario, in this process (one of 2); rank 0 saves all ranks' results to `out/results.pt`"
     res = dict(world_size=None)
+    # 0. TAKD first, before any process group exists: distill_chain starts it, each stage a DDP fit by itself,
+    # the best weights of each stage in rank 0's temporary folder
+    torch.manual_seed(0); ct = teacher(); before = state(ct)
+    res['group_before_chain'] = dist.is_initialized()
+    trained, tab = distill_chain([ct, student(), student()], tiny_dls(), epochs=1, lr=LR, train_teacher=False, opt_func=SGD)
+    res['chain'] = dict(final=state(trained[-1]), middle=state(trained[1]), acc=list(tab.accuracy), teacher_same=same_teacher(ct, before))
     # 1. KDCallback: the teacher stays outside DDP and unchanged; metrics over both ranks
     torch.manual_seed(0)
     t = teacher().train()
@@ -83,6 +141,8 @@ def main(out:Path):
                              out=out/'main'/f'rank{rank()}', cache=out/'teachers', log=logged.append)
     res['main'] = dict(logged=logged, methods=list(tab.method), files=sorted(p.name for p in (out/'main'/f'rank{rank()}').glob('*')),
                        teachers=sorted(p.name for p in (out/'teachers').glob('*')))
+
+    more_callbacks(out, res)
 
     gathered = [None] * world_size()
     dist.all_gather_object(gathered, res)

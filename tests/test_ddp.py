@@ -98,3 +98,44 @@ def test_main_job_under_ddp(ranks):
     assert m0['files'] == ['kd_curves.png', 'kd_results.csv', 'kd_results.md', 'kd_runs.json'] and m1['files'] == []
     assert m0['logged'] and m1['logged'] == []                          # rank 0 alone reports
     assert len(m0['teachers']) == 1                                     # one teacher file, written by rank 0
+
+def test_logit_methods_under_ddp(ranks):
+    "DKD, DIST, CLKD, MLKD (a doubled batch) and SDD (regional logits from hooks inside the DDP model) through `learn.distill`"
+    import ddp_worker as w
+    for m in ('dkd', 'dist', 'clkd', 'mlkd', 'sdd'):
+        a, b = ranks[0][m], ranks[1][m]
+        assert same(a['final'], b['final']), m                          # the student is identical on both ranks
+        for r in (a, b): assert r['teacher_same'] and not r['teacher_inside'] and not r['teacher_grads'], m
+    # DKD's first step equals one process stepping on the global batch (both ranks' first batches), within 1e-6
+    f0, f1 = ranks[0]['dkd']['first'], ranks[1]['dkd']['first']
+    torch.manual_seed(0); t = w.teacher().train()
+    torch.manual_seed(1); s = w.student()
+    x = torch.cat([f0['x'], f1['x']]); y = torch.cat([f0['y'], f1['y']])
+    class StopAfterStep(Callback):
+        def after_step(self): raise CancelFitException()
+    dl = lambda: DataLoader(list(zip(x, y)), bs=16)
+    learn = Learner(DataLoaders(dl(), dl(), device='cpu'), s, opt_func=SGD, wd=0., loss_func=CrossEntropyLossFlat())
+    with learn.no_bar(), learn.no_logging(): learn.distill(t, 1, w.LR, method='dkd', fit='fit', cbs=StopAfterStep())
+    for n, v in s.state_dict().items(): torch.testing.assert_close(v, f0['w'][n], rtol=0, atol=1e-6)
+
+def test_cskd_under_ddp(ranks):
+    "CS-KD's class-pair loader behind fastai's DistributedDL: every rank gets whole [B samples; B same-class partners] batches"
+    c0, c1 = ranks[0]['cskd'], ranks[1]['cskd']
+    assert same(c0['final'], c1['final'])
+    assert len(c0['ys']) == len(c1['ys']) == 3                          # 5 pair batches, padded to 6, 3 per rank
+    for y in c0['ys'] + c1['ys']: assert len(y) == 16 and torch.equal(y[:8], y[8:])
+    assert torch.equal(c1['xs'][-1][:8], c0['xs'][0][:8])               # the padding repeats the first batch
+    firsts = [x[:8] for x in c0['xs'] + c1['xs'][:2]]                   # the 5 distinct batches cover the 40 items
+    assert len(torch.cat(firsts).flatten(1).unique(dim=0)) == 40
+
+def test_other_callbacks_under_ddp(ranks):
+    "Virtual teacher, RCO (route recorded under DDP), TAKD's distill_chain, stagewise and FitNets with find_unused_parameters"
+    r0, r1 = ranks
+    for k in ('virtual', 'rco', 'chain', 'stagewise', 'hint'): assert same(r0[k]['final'], r1[k]['final']), k
+    assert same(r0['rco']['teacher'], r1['rco']['teacher'])             # the teacher trained under DDP with RouteRecorder
+    assert r0['rco']['files'] == ['anchor_e001.pth', 'anchor_e002.pth', 'route.json'] and r0['rco']['loads'] == r1['rco']['loads'] == 2
+    assert not r0['group_before_chain']                                 # distill_chain started the process group itself
+    assert same(r0['chain']['middle'], r1['chain']['middle']) and r0['chain']['acc'] == r1['chain']['acc']
+    for k in ('chain', 'stagewise', 'hint'): assert r0[k]['teacher_same'] and r1[k]['teacher_same'], k
+    for r in (r0, r1): assert 'find_unused_parameters=True' in r['refusal']  # without it: StopAt's clear refusal
+    assert r0['hint']['hint_loss'] == r1['hint']['hint_loss']
