@@ -8,6 +8,8 @@ from PIL import Image
 from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, PILImageBW, get_image_files, GrandparentSplitter,
                                parent_label, Normalize, Learner, load_learner, accuracy)
 from kd_fastai.all import *
+from fastai.callback.core import Callback
+from kd_fastai.methods import method_callback
 from kd_fastai.test_utils import small_net, write_png_folder, folder_dls
 
 
@@ -43,3 +45,39 @@ def test_unknown_method_lists_the_available_ones(folder):
     _, dls, teacher = folder
     learn = Learner(dls, small_net(width=4))
     with pytest.raises(ValueError, match='available: kd, dkd, dist, mlkd, sdd, clkd'): learn.distill(teacher, 1, method='fitnet')
+
+
+class _Counting(nn.Module):
+    "A teacher that counts the images it has seen"
+    def __init__(self, m): super().__init__(); self.m, self.seen = m, 0
+    def forward(self, x): self.seen += len(x); return self.m(x)
+
+
+class _TrainLosses(Callback):
+    order = 90
+    def before_fit(self): self.vals = []
+    def after_loss(self):
+        if self.training: self.vals.append(self.learn.loss.item())
+
+
+def _losses(dls, teacher, method, cache):
+    import random
+    torch.manual_seed(1)
+    learn, rec = Learner(dls, small_net(width=4)), _TrainLosses()
+    for dl in dls.loaders: dl.rng = random.Random(0)
+    with learn.no_bar(), learn.no_logging():
+        learn.distill(teacher, 2, 0., method=method, fit='fit', cbs=rec, warmup=0, cache=cache,
+                      cache_kwargs=dict(verbose=False) if cache else None)
+    return rec.vals
+
+
+@pytest.mark.parametrize('method', ['dkd', 'dist'])
+def test_cached_method_equals_live_and_fills_once(folder, method):
+    d, dls, teacher = folder
+    ref = _losses(dls, teacher, method, cache=False)
+    counted = _Counting(teacher)
+    got = _losses(dls, counted, method, cache=True)
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(ref), rtol=1e-3, atol=1e-3)
+    assert counted.seen == len(dls.train_ds) + len(dls.valid_ds)
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())
+    with pytest.raises(ValueError, match='strong view'): method_callback('mlkd', teacher, cache=True)

@@ -1,0 +1,102 @@
+"""Cost of the logit methods from the teacher-output cache (issue 11): seconds per training epoch of the plain
+student and of KD, DKD, DIST, CLKD and KD+LS with the teacher's logits replayed from the cache (filled once
+beforehand; fill time reported separately), and of MLKD with its live teacher (two views per item: its epoch counts
+as two). One run, interleaved repeats (median), so the ratios to the plain epoch are what counts.
+
+    python bench/logit_cost.py --fraction 0.1 --repeats 2 --threads 1
+
+Target: every cached method's epoch <= 1.25 x the plain epoch; MLKD per view (epoch / 2) <= 1.25 x plain is not
+expected (its teacher runs live on both views). The teacher is untrained: the cost does not depend on the weights."""
+import argparse, platform, statistics, sys, tempfile, time
+from pathlib import Path
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
+import torch
+import pandas as pd
+from fastai.callback.core import Callback
+from fastai.learner import Learner
+from fastai.torch_core import set_seed
+from kd_fastai.data import fashion_mnist_dls
+from kd_fastai.models import zoo_model, count_parameters
+from kd_fastai.methods import method_callback
+from kd_fastai.experiments import to_markdown
+
+CACHED = ('kd', 'dkd', 'dist', 'clkd', 'kd+ls')
+
+
+class TrainTimer(Callback):
+    "Seconds of each training phase, started after every other callback's `before_train` (the cache's setup is not timed)"
+    order = 200
+    def before_fit(self): self.times = []
+    def before_train(self): self._t0 = time.perf_counter()
+    def after_train(self): self.times.append(time.perf_counter() - self._t0)
+
+
+def epoch_time(dls, student, cb=None):
+    "One training epoch of a fresh student, with the callback `cb` (None: plain)"
+    set_seed(0)
+    learn, timer = Learner(dls, zoo_model(student, in_channels=1)), TrainTimer()
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=[timer] + ([cb] if cb is not None else []))
+    return timer.times[0]
+
+
+def main(teacher='cifar_resnet56', student='cifar_resnet20', fraction=0.1, bs=128, repeats=2, threads=1,
+         out='results/logit_cost'):
+    if threads: torch.set_num_threads(threads)
+    dls = fashion_mnist_dls(bs=bs, fraction=fraction, seed=0, val_bs=512)
+    set_seed(1)
+    t_model = zoo_model(teacher, in_channels=1)
+    with tempfile.TemporaryDirectory() as d:
+        cache = Path(d)/'cache'
+        make = {m: (lambda m=m: method_callback(m, t_model, cache=True, path=cache, valid_metrics=False, verbose=False)) for m in CACHED}
+        make['mlkd'] = lambda: method_callback('mlkd', t_model, valid_metrics=False)
+        fill_cb = make['kd']()
+        epoch_time(dls, student, fill_cb)  # fills the cache (also the warm-up run)
+        fill = fill_cb.caches['train'].fill_seconds
+        names = ['plain'] + list(CACHED) + ['mlkd']
+        times = {n: [] for n in names}
+        for r in range(repeats):  # interleaved, the order rotated, so that background load affects all alike
+            for n in names[r % len(names):] + names[:r % len(names)]:
+                times[n].append(epoch_time(dls, student, None if n == 'plain' else make[n]()))
+                print(f"repeat {r}: {n} {times[n][-1]:.2f} s", flush=True)
+    med = {n: statistics.median(v) for n, v in times.items()}
+    label = {'plain': 'plain student', **{m: f"{m.upper()} from the cache" for m in CACHED},
+             'mlkd': 'MLKD, live teacher (2 views)'}
+    rows = [dict(method=n, measure=label[n], sec_per_epoch=round(med[n], 2), x_plain=round(med[n] / med['plain'], 3),
+                 runs=' '.join(f'{x:.2f}' for x in times[n])) for n in names]
+    rows.append(dict(method='mlkd/2', measure='MLKD per view (epoch / 2)', sec_per_epoch=round(med['mlkd'] / 2, 2),
+                     x_plain=round(med['mlkd'] / 2 / med['plain'], 3), runs=''))
+    rows.append(dict(method='fill', measure='cache fill (once, train set)', sec_per_epoch=round(fill, 2),
+                     x_plain=round(fill / med['plain'], 3), runs=''))
+    df = pd.DataFrame(rows)
+    cmd = (f"python bench/logit_cost.py --teacher {teacher} --student {student} --fraction {fraction} --bs {bs} "
+           f"--repeats {repeats} --threads {threads}")
+    worst = max(med[m] / med['plain'] for m in CACHED)
+    text = (f"# Logit methods from the teacher-output cache: cost per epoch\n\nCommand: `{cmd}`\n\n"
+            f"Teacher {teacher} ({count_parameters(t_model):,} params, untrained: timing only), student {student} "
+            f"({count_parameters(zoo_model(student, in_channels=1)):,} params), Fashion-MNIST {len(dls.train_ds):,} training "
+            f"images, batch {bs}, {torch.get_num_threads()} CPU thread(s), torch {torch.__version__}, "
+            f"{platform.processor() or platform.machine()}. Seconds of the training phase of one epoch (median of "
+            f"{repeats} interleaved repeats; the cache's setup/reuse at the start of a fit is not timed; the fill is).\n\n"
+            + to_markdown(df.drop(columns='method')) +
+            f"\n\nWorst cached method: **{worst:.3f} x** the plain epoch (target <= 1.25). MLKD runs its teacher live on "
+            f"a weak and a strong view (no cache: the strong view is random every step): its epoch is "
+            f"{med['mlkd'] / med['plain']:.2f} x plain, {med['mlkd'] / 2 / med['plain']:.2f} x per view.\n")
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(f'{out}.md').write_text(text)
+        df.assign(command=cmd).to_csv(f'{out}.csv', index=False)
+    return df
+
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--teacher', default='cifar_resnet56')
+    p.add_argument('--student', default='cifar_resnet20')
+    p.add_argument('--fraction', type=float, default=0.1)
+    p.add_argument('--bs', type=int, default=128)
+    p.add_argument('--repeats', type=int, default=2)
+    p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--out', default='results/logit_cost')
+    main(**vars(p.parse_args()))
