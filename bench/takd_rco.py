@@ -33,7 +33,7 @@ def parser():
     a('--fraction', type=float, default=0.25); a('--n-valid', type=int, default=5000); a('--n-probe', type=int, default=512)
     a('--bs', type=int, default=128); a('--lr', type=float, default=1e-2)
     a('--T', type=float, default=4.0); a('--alpha', type=float, default=0.9)
-    a('--threshold', type=float, default=0.9, help='greedy RCO: top-1 agreement with the current anchor on the probe needed to move on')
+    a('--threshold', type=float, default=0.1, help="greedy RCO: the student jumps to the furthest anchor ahead whose KL(anchor || student) at T on the probe is at most this")
     a('--threads', type=int, default=None); a('--out', default='results'); a('--cache', default='.kd_cache')
     a('--no-table', action='store_true', help='only run (and cache) the runs, do not write the table')
     return p
@@ -106,7 +106,7 @@ def main(argv=None):
         f'KD from the teacher': lambda: [KDCallback(teacher, valid_metrics=False, **kd)],
         'TAKD chain (teacher -> assistant -> student)': None,
         'RCO, equal schedule': lambda: [RCOCallback(route, schedule='equal', valid_metrics=False, **kd)],
-        f'RCO, greedy (agreement >= {args.threshold:g})': lambda: [RCOCallback(route, schedule='greedy', threshold=args.threshold,
+        f'RCO, greedy (KL <= {args.threshold:g})': lambda: [RCOCallback(route, schedule='greedy', threshold=args.threshold,
                                                                    probe=probe, n_probe=args.n_probe, valid_metrics=False, **kd)],
     }
     seeds = [int(s) for s in args.seed_list.split(',')] if args.seed_list else list(range(args.seeds))

@@ -227,30 +227,34 @@ def _probe_input(probe, n):
 # %% ../nbs/11_rco.ipynb #89c81048
 class RCOCallback(KDCallback):
     "Distil from the anchors of a teacher's route, easiest first (route-constrained optimisation, Jin et al. 2019)"
-    _stateattrs = KDCallback._stateattrs + ('probe', '_x_probe')  # probe images are not pickled with learn.export()
+    _stateattrs = KDCallback._stateattrs + ('probe', '_x_probe', '_t_probe')  # probe images/outputs are not pickled with learn.export()
     def __init__(self,
                  route, # a `Route`, a `RouteRecorder` folder, or a list of checkpoint files
-                 schedule:str='equal', # 'equal' epoch blocks per anchor, or 'greedy' (move on once caught up)
+                 schedule:str='equal', # 'equal' epoch blocks per anchor, or 'greedy' (the furthest anchor ahead the student can follow)
                  arch=None, # teacher architecture: zoo name, module (copied) or factory; default: the route's
                  arch_kwargs:dict|None=None, # `zoo_model` keyword arguments for a zoo name
                  T=4.0, alpha=0.9, # temperature and weight of the distillation term (numbers or schedules)
                  loss_func=soft_target_loss, # distillation term `f(student, teacher, targets, T=T)`
-                 threshold:float=0.9, # greedy: agreement >= threshold (or KL <= threshold) means caught up
-                 criterion:str='agreement', # greedy: 'agreement' or 'kl'
-                 probe=None, # greedy: held-out images (tensor, batch or DataLoader); default: the first validation batch
+                 threshold:float|None=None, # greedy: KL <= threshold (default 0.1) or agreement >= threshold (default 0.9) can be followed
+                 criterion:str='kl', # greedy: 'kl' (KL(anchor || student) at T, the paper's) or 'agreement' (top-1)
+                 lookahead:bool=True, # greedy: search all anchors ahead (the paper's); False: only the current one, one step at a time
+                 probe=None, # greedy: held-out training images (tensor, batch or DataLoader); default: the first validation batch
                  n_probe:int=512, # greedy: at most this many probe images
-                 final_epochs:int=0, # the last `final_epochs` epochs always use the final anchor
+                 final_epochs:int=1, # the last `final_epochs` epochs always use the final anchor (greedy: at least 1)
                  state_file=None, # greedy: JSON file of the per-epoch history, to resume an interrupted run
                  train_bn:bool=False, # keep the anchors' BatchNorm in train mode
                  valid_metrics:bool=True, # run the current anchor on validation batches for `kd_metrics()`
                 ):
         if schedule not in ('equal', 'greedy'): raise ValueError(f"schedule must be 'equal' or 'greedy', got {schedule!r}.")
         if criterion not in ('agreement', 'kl'): raise ValueError(f"criterion must be 'agreement' or 'kl', got {criterion!r}.")
+        if schedule == 'greedy' and final_epochs < 1:
+            raise ValueError(f"A greedy run always ends on the final anchor: final_epochs must be at least 1, got {final_epochs}.")
+        if threshold is None: threshold = 0.1 if criterion == 'kl' else 0.9
         if not isinstance(route, Route):
             route = Route.from_folder(route) if isinstance(route, (str, Path)) and Path(route).is_dir() else Route.from_files(route)
         super().__init__(FrozenTeacher(route.build(arch, arch_kwargs), train_bn), T=T, alpha=alpha, loss_func=loss_func,
                          valid_metrics=valid_metrics)
-        store_attr('route,schedule,threshold,criterion,probe,n_probe,final_epochs')
+        store_attr('route,schedule,threshold,criterion,lookahead,probe,n_probe,final_epochs')
         self.state_file = None if state_file is None else Path(state_file)
         self.anchor, self.history, self.loads = None, [], 0
 
@@ -270,11 +274,19 @@ class RCOCallback(KDCallback):
         super().setup()  # the teacher model frozen, holding the last anchor (restored when the fit ends)
         self._first, self._trained = True, False
         self.anchor = len(self.route) - 1  # `check` leaves the last anchor loaded
-        self._x_probe = None
+        self._x_probe, self._t_probe = None, None
+        self.on_exit(lambda: setattr(self, '_x_probe', None) or setattr(self, '_t_probe', None))
         if self.schedule == 'greedy':
-            self._x_probe = _probe_input(self.probe, self.n_probe)
-            if self._x_probe is None: self._x_probe = _peek_batch(self.dls.valid)[0][:self.n_probe]
-        self.on_exit(lambda: setattr(self, '_x_probe', None))
+            x = _probe_input(self.probe, self.n_probe)
+            if x is None: x = _peek_batch(self.dls.valid)[0][:self.n_probe]  # a convenience: pass held-out training images
+            p = next(unwrap_model(self.learn.model).parameters(), None)
+            self._x_probe = x.to(p.device) if p is not None else x
+            # every anchor's logits on the probe, once (the anchors never change); last to first, so anchor 0 stays loaded
+            t = {}
+            for i in reversed(range(len(self.route))):
+                self.use_anchor(i)
+                with torch.no_grad(): t[i] = self.teacher(self._x_probe).float()
+            self._t_probe = [t[i] for i in range(len(self.route))]
 
     def _planned(self, epoch:int)->int:
         "The anchor of `epoch` before the greedy decision of that epoch"
@@ -307,30 +319,44 @@ class RCOCallback(KDCallback):
         self._trained = True
         self.use_anchor(self._planned(self.epoch))
 
-    def _score(self)->float:
-        "Greedy criterion: agreement (or KL) between the student and the current anchor on the probe images"
+    def _student_probe(self):
+        "The student's logits on the probe images (eval mode, no gradients)"
         m = unwrap_model(self.learn.model)  # the plain student: a local forward, no DDP collectives
         p = next(m.parameters(), None)
         x = self._x_probe.to(p.device) if p is not None else self._x_probe
         was = m.training
         m.eval()
         try:
-            with torch.no_grad(): s, t = first_output(m(x)), self.teacher(x)
+            with torch.no_grad(): return first_output(m(x)).float()
         finally: m.train(was)
+
+    def _score(self, s, i:int)->float:
+        "Greedy criterion between student logits `s` and anchor `i` on the probe: mean KL(anchor || student) at T, or agreement"
+        t = self._t_probe[i].to(s.device)
         if self.criterion == 'agreement': return (s.argmax(-1) == t.argmax(-1)).float().mean().item()
         T = self._value(self.T)
-        return F.kl_div(F.log_softmax(s.float()/T, -1), F.log_softmax(t.float()/T, -1), log_target=True, reduction='batchmean').item()
+        return F.kl_div(F.log_softmax(s/T, -1), F.log_softmax(t/T, -1), log_target=True, reduction='batchmean').item()
+
+    def _follows(self, score:float)->bool:
+        return score >= self.threshold if self.criterion == 'agreement' else score <= self.threshold
 
     def after_epoch(self):
         if not self.in_own_fit or not self._trained: return  # not training, or skipped by `start_epoch`
         self._trained = False
         h = dict(epoch=self.epoch, anchor=self.anchor)
         if self.schedule == 'greedy':
-            score = self._score()
-            caught = score >= self.threshold if self.criterion == 'agreement' else score <= self.threshold
-            h.update(score=score, caught_up=bool(caught))
-            # the next epoch's anchor: one step along the route from the planned one (never back, never past the end)
-            self._next = min(self._next + int(caught), len(self.route) - 1)
+            s, A = self._student_probe(), len(self.route)
+            if self.lookahead:  # the furthest anchor ahead the student can follow (never back; stay if none)
+                cands = list(range(self._next + 1, A))
+                scores = [self._score(s, j) for j in cands]
+                ok = [j for j, sc in zip(cands, scores) if self._follows(sc)]
+                h.update(candidates=cands, scores=scores)
+                self._next = max(ok, default=self._next)
+            else:  # one step along the route once caught up with the anchor of this epoch (never past the end)
+                score = self._score(s, self.anchor)
+                caught = self._follows(score)
+                h.update(score=score, caught_up=bool(caught))
+                self._next = min(self._next + int(caught), A - 1)
             h['next'] = self._next
         self.history.append(h)
         if self.state_file is not None and is_rank0():  # every rank made the same decisions: rank 0 writes them

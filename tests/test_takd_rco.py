@@ -73,15 +73,48 @@ class StopAfter(Callback):
 def test_rco_greedy_resume_from_state_file(dls, route, tmp_path):
     learn = Learner(dls, small_net(width=4), metrics=accuracy)
     state = tmp_path/'state.json'
-    cb = RCOCallback(route, arch=small_net(width=16), schedule='greedy', threshold=0., state_file=state)
+    one_step = dict(criterion='agreement', lookahead=False)  # the library's earlier rule, kept as an option
+    cb = RCOCallback(route, arch=small_net(width=16), schedule='greedy', threshold=0., state_file=state, **one_step)
     with learn.no_bar(), learn.no_logging(): learn.fit(4, 1e-2, cbs=[cb, StopAfter()])
     assert [h['anchor'] for h in json.loads(state.read_text())['history']] == [0]
-    cb2 = RCOCallback(route, arch=small_net(width=16), schedule='greedy', threshold=0., state_file=state)
+    cb2 = RCOCallback(route, arch=small_net(width=16), schedule='greedy', threshold=0., state_file=state, **one_step)
     with learn.no_bar(), learn.no_logging(): learn.fit(4, 1e-2, cbs=cb2, start_epoch=1)
     assert [h['anchor'] for h in cb2.history] == [0, 1, 2, 2]
-    cb3 = RCOCallback(route, arch=small_net(width=16), schedule='greedy', threshold=1.01)
+    cb3 = RCOCallback(route, arch=small_net(width=16), schedule='greedy', threshold=1.01, **one_step)
     with learn.no_bar(), learn.no_logging(): learn.fit(3, 1e-2, cbs=cb3)
-    assert [h['anchor'] for h in cb3.history] == [0, 0, 0]
+    assert [h['anchor'] for h in cb3.history] == [0, 0, 2]  # a greedy run always ends on the final anchor
+    # the paper's search (the default) resumes from its state file too
+    state2 = tmp_path/'state2.json'
+    cb4 = RCOCallback(route, arch=small_net(width=16), schedule='greedy', threshold=1e9, state_file=state2)
+    with learn.no_bar(), learn.no_logging(): learn.fit(4, 1e-2, cbs=[cb4, StopAfter()])
+    cb5 = RCOCallback(route, arch=small_net(width=16), schedule='greedy', threshold=1e9, state_file=state2)
+    with learn.no_bar(), learn.no_logging(): learn.fit(4, 1e-2, cbs=cb5, start_epoch=1)
+    assert [h['anchor'] for h in cb5.history] == [0, 2, 2, 2]
+
+
+def _linear(scale=1., seed=0):
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(8 * 8, 3))
+    with torch.no_grad(): m[1].weight.mul_(scale)
+    return m
+
+
+@pytest.mark.parametrize('followable, expected', [(True, [0, 2, 2, 3]), (False, [0, 0, 0, 3])])
+def test_rco_greedy_search_ahead(dls, tmp_path, followable, expected):
+    "The student (a copy of anchor 2, trained at lr 0) can follow anchor 2 of 0..3 at once: the search skips to it; else it stays"
+    student = _linear(seed=12)
+    anchors = [_linear(30., 10), _linear(30., 11), student if followable else _linear(30., 14), _linear(30., 13)]
+    files = [tmp_path/f'a{i}.pth' for i in range(4)]
+    for m, f in zip(anchors, files): torch.save(m.state_dict(), f)
+    learn = Learner(dls, student, metrics=accuracy)
+    cb = RCOCallback(files, arch=_linear(), schedule='greedy', probe=dls.train)
+    with learn.no_bar(), learn.no_logging(): learn.fit(4, 0., cbs=cb)
+    assert [h['anchor'] for h in cb.history] == expected
+    assert cb.history[0]['candidates'] == [1, 2, 3] and (cb.history[0]['scores'][1] < 1e-6) == followable
+    cb = RCOCallback(files, arch=_linear(), schedule='greedy', threshold=-1.)  # never passes: still ends on the final anchor
+    with learn.no_bar(), learn.no_logging(): learn.fit(3, 0., cbs=cb)
+    assert [h['anchor'] for h in cb.history] == [0, 0, 3]
+    with pytest.raises(ValueError, match='final anchor'): RCOCallback(files, arch=_linear(), schedule='greedy', final_epochs=0)
 
 
 def test_rco_errors_before_training(dls, route, tmp_path):
@@ -113,8 +146,9 @@ def test_chain_on_plain_loaders_without_c():
     with pytest.raises(ValueError, match='num_classes'): distill_chain([teacher, 'model_25k_wo_dw'], dls, loss_func=nn.CrossEntropyLoss())
 
 
-def test_rco_inert_in_inference(dls, route, tmp_path):
-    cb = RCOCallback(route, arch=small_net(width=16))
+@pytest.mark.parametrize('schedule', ['equal', 'greedy'])
+def test_rco_inert_in_inference(dls, route, tmp_path, schedule):
+    cb = RCOCallback(route, arch=small_net(width=16), schedule=schedule)
     learn = Learner(dls, small_net(width=4), metrics=accuracy, cbs=cb, path=tmp_path)
     with learn.no_bar(), learn.no_logging():
         learn.validate(); learn.get_preds(); learn.get_preds()
