@@ -13,29 +13,20 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
 import torch
 import pandas as pd
-from fastai.callback.core import Callback
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
 from kd_fastai.data import fashion_mnist_dls
 from kd_fastai.models import zoo_model, count_parameters
 from kd_fastai.methods import method_callback
-from kd_fastai.experiments import to_markdown
+from kd_fastai.experiments import EpochTimer, to_markdown
 
 CACHED = ('kd', 'dkd', 'dist', 'clkd', 'kd+ls')
-
-
-class TrainTimer(Callback):
-    "Seconds of each training phase, started after every other callback's `before_train` (the cache's setup is not timed)"
-    order = 200
-    def before_fit(self): self.times = []
-    def before_train(self): self._t0 = time.perf_counter()
-    def after_train(self): self.times.append(time.perf_counter() - self._t0)
 
 
 def epoch_time(dls, student, cb=None):
     "One training epoch of a fresh student, with the callback `cb` (None: plain)"
     set_seed(0)
-    learn, timer = Learner(dls, zoo_model(student, in_channels=1)), TrainTimer()
+    learn, timer = Learner(dls, zoo_model(student, in_channels=1)), EpochTimer()
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=[timer] + ([cb] if cb is not None else []))
     return timer.times[0]
 
