@@ -32,6 +32,7 @@ setuptools.setup(
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']),
     include_package_data=True,
+    package_data={cfg['lib_name']: ['weights/*.pth', 'weights/*.json']},  # the shipped teachers
     install_requires=reqs('requirements'),
     extras_require={'dev': reqs('dev_requirements')},
     dependency_links=cfg.get('dep_links', '').split(),

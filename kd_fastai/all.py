@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/90_all.ipynb #8ffddc53
+# %% ../nbs/90_all.ipynb #53362f47
 from .data import *
 from .zoonet import *
 from .models_004 import *
@@ -13,6 +13,7 @@ from .tv_models import *
 from .models import *
 from .losses import *
 from .teacher import *
+from .pretrained import *
 from .restore import *
 from .ddp import *
 from .kd import *
@@ -34,6 +35,6 @@ from .methods import *
 import kd_fastai
 # a star import of this module re-exports every module's public names (`Learner.distill` etc. are patched on import)
 _MODULES = ('data', 'zoonet', 'models_004', 'tv_models',
-            'models', 'losses', 'teacher', 'restore', 'ddp', 'kd', 'experiments', 'takd', 'rco', 'selfkd',
+            'models', 'losses', 'teacher', 'pretrained', 'restore', 'ddp', 'kd', 'experiments', 'takd', 'rco', 'selfkd',
             'features', 'stagewise', 'cache', 'cached_kd', 'logit', 'dkd', 'dist', 'mlkd', 'sdd', 'clkd', 'methods')
 __all__ = list(dict.fromkeys(n for m in _MODULES for n in getattr(kd_fastai, m).__all__))
