@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from .feature_losses import *  # the feature-method losses (RKD, OFD, HCL, CRD), re-exported: kd_fastai.losses.rkd_loss
 
 # %% auto #0
 __all__ = ['soft_target_loss', 'kd_loss', 'standardize_logits', 'dkd_parts', 'dkd_loss', 'dist_loss', 'mlkd_masks', 'mlkd_parts',
