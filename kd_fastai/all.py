@@ -18,6 +18,7 @@ from .restore import *
 from .ddp import *
 from .kd import *
 from .experiments import *
+from .leaderboard import *
 from .takd import *
 from .rco import *
 from .selfkd import *
@@ -35,6 +36,6 @@ from .methods import *
 import kd_fastai
 # a star import of this module re-exports every module's public names (`Learner.distill` etc. are patched on import)
 _MODULES = ('data', 'zoonet', 'models_004', 'tv_models',
-            'models', 'losses', 'teacher', 'pretrained', 'restore', 'ddp', 'kd', 'experiments', 'takd', 'rco', 'selfkd',
+            'models', 'losses', 'teacher', 'pretrained', 'restore', 'ddp', 'kd', 'experiments', 'leaderboard', 'takd', 'rco', 'selfkd',
             'features', 'stagewise', 'cache', 'cached_kd', 'logit', 'dkd', 'dist', 'mlkd', 'sdd', 'clkd', 'methods')
 __all__ = list(dict.fromkeys(n for m in _MODULES for n in getattr(kd_fastai, m).__all__))
