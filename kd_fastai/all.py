@@ -5,12 +5,13 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/90_all.ipynb #53362f47
+# %% ../nbs/90_all.ipynb #dc483a49
 from .data import *
 from .zoonet import *
 from .models_004 import *
 from .tv_models import *
 from .models import *
+from .feature_losses import *
 from .losses import *
 from .teacher import *
 from .pretrained import *
@@ -32,10 +33,12 @@ from .dist import *
 from .mlkd import *
 from .sdd import *
 from .clkd import *
+from .rkd import *
+from .crd import *
 from .methods import *
 import kd_fastai
 # a star import of this module re-exports every module's public names (`Learner.distill` etc. are patched on import)
 _MODULES = ('data', 'zoonet', 'models_004', 'tv_models',
-            'models', 'losses', 'teacher', 'pretrained', 'restore', 'ddp', 'kd', 'experiments', 'leaderboard', 'takd', 'rco', 'selfkd',
-            'features', 'stagewise', 'cache', 'cached_kd', 'logit', 'dkd', 'dist', 'mlkd', 'sdd', 'clkd', 'methods')
+            'models', 'feature_losses', 'losses', 'teacher', 'pretrained', 'restore', 'ddp', 'kd', 'experiments', 'leaderboard', 'takd', 'rco', 'selfkd',
+            'features', 'stagewise', 'cache', 'cached_kd', 'logit', 'dkd', 'dist', 'mlkd', 'sdd', 'clkd', 'rkd', 'crd', 'methods')
 __all__ = list(dict.fromkeys(n for m in _MODULES for n in getattr(kd_fastai, m).__all__))
