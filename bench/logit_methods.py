@@ -1,27 +1,29 @@
 """Logit-based KD methods on Fashion-MNIST: baseline, KD, KD+LS, DKD, DKD+LS, DIST, MLKD, SDD, CLKD per teacher -> student pair.
 
 Each pair of the CIFAR-100 benchmark (zoo names, 1 input channel, 10 classes) is run at Fashion-MNIST scale on a
-stratified `--fraction` of the training set. A stratified `--holdout` of those training images is held out: every
-run keeps the weights of its best epoch on the held-out images, and that checkpoint is evaluated once on the
-10,000 test images (the test set never picks anything). Teachers are trained once per pair (seed 0, same split,
+stratified `--fraction` of the training set, through kd_fastai's fastai loaders (`tensor_image_dls`, random crop +
+flip unless `--no-augment`). A stratified `--holdout` of those training images is the validation set: every
+run keeps the weights of its best epoch on the held-out images (`BestWeights`), and that checkpoint is evaluated once
+on the 10,000 test images (the test set never picks anything). KD, KD+LS, DKD, DKD+LS, DIST and CLKD read the teacher's
+logits from the teacher-output cache (`--views` pre-drawn augmented views per item, filled once per teacher and
+reused by every seed); MLKD and SDD run their teacher at every step (they cannot use the cache). Teachers are trained once per pair (seed 0, same split,
 same rule) and reused from `--teachers`. Every method uses the authors' defaults of its `kd_fastai` callback
 (`kd_fastai.methods.METHODS`), with DKD's per-pair beta (`DKD_BETAS`) and LS's tau = 3 for vgg13 -> vgg8.
 
-    python bench/logit_methods.py --pairs cifar_resnet56:cifar_resnet20 wrn_40_2:wrn_16_2 --seeds 3 --epochs 10 --fraction 0.25
+    python bench/logit_methods.py --pairs vgg13:vgg8 cifar_resnet56:cifar_resnet20 --seeds 3 --epochs 8 --fraction 0.06 --teacher-fraction 0.15 --teacher-epochs 6 --threads 2
     python bench/logit_methods.py --fraction 0.02 --epochs 1 --teacher-epochs 1 --seeds 1 --out /tmp/lm_smoke   # a smoke test
 """
-import argparse, copy, shlex, sys, time
+import argparse, json, shlex, sys, tempfile, time
 from pathlib import Path
 import pandas as pd
 import torch
-from fastai.callback.core import Callback
-from fastai.data.core import DataLoaders
-from fastai.data.load import DataLoader
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.torch_core import set_seed, default_device
-from kd_fastai.data import load_fashion_mnist, stratified_split, prepare_images, FMNIST_MEAN, FMNIST_STD
+from kd_fastai.data import load_fashion_mnist, stratified_split, TensorImageData, tensor_image_dls, FMNIST_MEAN, FMNIST_STD, FMNIST_CLASSES
+from kd_fastai.takd import BestWeights
+from kd_fastai.methods import UNCACHED
 from kd_fastai.models import zoo_model, count_parameters
 from kd_fastai.dkd import DKD_BETAS
 from kd_fastai.experiments import mean_std, to_markdown
@@ -39,68 +41,75 @@ def parse_args(argv=None):
     p.add_argument('--epochs', type=int, default=10, help='epochs of every student run')
     p.add_argument('--teacher-epochs', type=int, default=None, help='epochs of the teachers (default: --epochs)')
     p.add_argument('--fraction', type=float, default=0.25, help='stratified fraction of the training set')
+    p.add_argument('--teacher-fraction', type=float, default=None,
+                   help='stratified fraction of the training set the teachers train on (contains the students\' images, '
+                        'not their held-out ones); default: the students\' --fraction')
     p.add_argument('--holdout', type=float, default=0.1, help='stratified fraction of those images held out to pick the best epoch')
-    p.add_argument('--bs', type=int, default=64)
+    p.add_argument('--bs', type=int, default=128)
+    p.add_argument('--no-augment', dest='augment', action='store_false', help='no random crop + flip')
+    p.add_argument('--views', type=int, default=8, help='augmented views per item in the teacher-output cache')
+    p.add_argument('--no-cache', dest='cache', action='store_false', help='run the teacher at every step for every method')
     p.add_argument('--lr', type=float, default=1e-2, help='max learning rate of fit_one_cycle')
     p.add_argument('--threads', type=int, default=1, help='torch CPU threads')
     p.add_argument('--teachers', default='kd_runs/teachers', help='folder of the trained teachers (reused)')
-    p.add_argument('--out', default='results/logit_methods', help='writes OUT.md and OUT.csv; empty: no files')
+    p.add_argument('--out', default='results/logit_methods', help='writes OUT.md and OUT.csv (the CSV after every run); empty: no files')
+    p.add_argument('--method-args', type=json.loads, default=None, help='JSON arguments for every distillation method, e.g. \'{"alpha": 0.5}\'')
+    p.add_argument('--label-suffix', default='', help='appended to the method names in the table, e.g. " (alpha=0.5)"')
+    p.add_argument('--from-csv', nargs='+', default=None, metavar='CSV',
+                   help='train nothing: write the table of the per-seed rows of these CSVs (runs split over processes)')
     return p.parse_args(argv)
 
 
-def make_data(fraction, holdout, bs):
-    "Train / held-out loaders from a stratified fraction of the training set, and the test loader"
+def make_data(fraction, holdout, bs, augment, teacher_fraction=None):
+    """fastai loaders: train, held-out (the validation set) from a stratified fraction of the training set, and test;
+    and the teachers' loaders: a larger stratified `teacher_fraction` of the training set (it contains the students'
+    training images, never their held-out ones), with the same held-out and test sets"""
     xt, yt, xv, yv = load_fashion_mnist()
     keep, _ = stratified_split(yt, fraction, seed=42)
     held, train = stratified_split(yt[keep], holdout, seed=43)
     train, held = keep[train], keep[held]
-    x, xtest = prepare_images(xt, FMNIST_MEAN, FMNIST_STD), prepare_images(xv, FMNIST_MEAN, FMNIST_STD)
-    items = lambda xs, ys: list(zip(xs, ys))
-    dls = DataLoaders(DataLoader(items(x[train], yt[train]), bs=bs, shuffle=True, drop_last=len(train) > bs),
-                      DataLoader(items(x[held], yt[held]), bs=256), device=default_device())
-    return dls, DataLoader(items(xtest, yv), bs=256, device=default_device()), (len(train), len(held))
+    data = lambda i: TensorImageData(xt[i], yt[i], FMNIST_CLASSES)
+    test = TensorImageData(xv, yv, FMNIST_CLASSES)
+    loaders = lambda i: tensor_image_dls(data(i), data(held), test, bs=bs, val_bs=512, augment=augment, mean=FMNIST_MEAN,
+                                         std=FMNIST_STD, path=Path(tempfile.mkdtemp(prefix='kd_bench_')))
+    dls, tdls = loaders(train), None
+    if teacher_fraction is not None and teacher_fraction > fraction:
+        more, _ = stratified_split(yt, teacher_fraction, seed=44)
+        more = torch.tensor(sorted(set(more.tolist()) - set(held.tolist()) | set(train.tolist())))
+        tdls = loaders(more)
+    return dls, tdls or dls, (len(train), len(held), len(yv), len(tdls.train_ds) if tdls else len(train))
 
 
-class BestHeldOut(Callback):
-    "Keep the weights of the epoch with the best held-out accuracy"
-    order = 60  # after the Recorder has written the epoch's metrics
-    best, state, best_epoch = -1., None, None
-    def after_epoch(self):
-        names = self.recorder.metric_names
-        acc = self.recorder.values[-1][names.index('accuracy') - 1]
-        if acc > self.best: self.best, self.best_epoch, self.state = acc, self.epoch, copy.deepcopy(self.learn.model.state_dict())
-
-
-def train(dls, test_dl, name, epochs, lr, seed, teacher=None, method=None, **method_kwargs):
-    "One run: returns (model, record) with the test accuracy of its best held-out epoch"
+def train(dls, name, epochs, lr, seed, teacher=None, method=None, **method_kwargs):
+    "One run: returns (model, record) with the test accuracy (`dls[2]`) of its best held-out epoch"
     set_seed(seed, reproducible=True)
     learn = Learner(dls, zoo_model(name, in_channels=1, num_classes=10), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
-    best = BestHeldOut()
+    best = BestWeights(monitor='accuracy', fname=f'best_{name}')
     t0 = time.perf_counter()
     with learn.no_bar(), learn.no_logging():
         if method is None: learn.fit_one_cycle(epochs, lr, cbs=best)
         else: learn.distill(teacher, epochs, lr, method=method, metrics=False, cbs=best, **method_kwargs)
     sec = (time.perf_counter() - t0) / epochs
-    learn.model.load_state_dict(best.state)
-    with learn.no_bar(): test_acc = float(learn.validate(dl=test_dl)[1])
-    return learn.model, dict(best_epoch=best.best_epoch + 1, heldout_acc=best.best, test_acc=test_acc, sec_per_epoch=sec,
+    with learn.no_bar(), learn.no_logging(): test_acc = float(learn.validate(dl=dls[2])[1])
+    return learn.model, dict(best_epoch=best.best_epoch + 1, heldout_acc=float(best.best), test_acc=test_acc, sec_per_epoch=sec,
                              params=count_parameters(learn.model))
 
 
-def get_teacher(args, dls, test_dl, name, log):
+def get_teacher(args, dls, name, log):
     "A teacher trained once (seed 0) and saved, or loaded"
     e = args.teacher_epochs or args.epochs
-    f = Path(args.teachers)/f'{name}_f{args.fraction}_h{args.holdout}_e{e}.pth'
+    tf = args.teacher_fraction if args.teacher_fraction and args.teacher_fraction > args.fraction else args.fraction
+    f = Path(args.teachers)/f'{name}_f{args.fraction}_t{tf}_h{args.holdout}_e{e}{"_aug" if args.augment else ""}.pth'
     if f.exists():
         model = zoo_model(name, in_channels=1, num_classes=10)
         ck = torch.load(f, map_location='cpu', weights_only=False)
         model.load_state_dict(ck['state']); log(f"teacher {name}: loaded {f}")
-        return model, ck['record']
-    model, rec = train(dls, test_dl, name, e, args.lr, 0)
+        return model, ck['record'], f
+    model, rec = train(dls, name, e, args.lr, 0)
     f.parent.mkdir(parents=True, exist_ok=True)
     torch.save(dict(state=model.state_dict(), record=rec), f)
     log(f"teacher {name}: {rec['test_acc']*100:.2f}% test ({e} epochs), saved to {f}")
-    return model, rec
+    return model, rec, f
 
 
 def pair_kwargs(method, teacher, student):
@@ -111,21 +120,29 @@ def pair_kwargs(method, teacher, student):
     return kw
 
 
-def run(args, log=lambda s: print(s, flush=True)):
+def cache_kwargs(args, method, teacher_file):
+    "The teacher-output cache of `method`, one folder per teacher file, shared by every seed and method"
+    if not args.cache or method is None or method.removesuffix('+ls') in UNCACHED: return {}
+    return dict(cache_path=Path(args.teachers)/f'cache_{teacher_file.stem}_v{args.views}',
+                cache_kwargs=dict(views=args.views, verbose=False) if args.augment else dict(verbose=False))
+
+
+def run(args, log=lambda s: print(s, flush=True), save=lambda rows: None):
     torch.set_num_threads(args.threads)
-    dls, test_dl, sizes = make_data(args.fraction, args.holdout, args.bs)
-    log(f"{sizes[0]} training images, {sizes[1]} held out, {len(test_dl.dataset)} test")
+    dls, tdls, sizes = make_data(args.fraction, args.holdout, args.bs, args.augment, args.teacher_fraction)
+    log(f"{sizes[0]} training images, {sizes[1]} held out, {sizes[2]} test; teachers train on {sizes[3]} images")
     rows = []
     for pair in args.pairs:
         tname, sname = pair.split(':')
-        teacher, trec = get_teacher(args, dls, test_dl, tname, log)
+        teacher, trec, tfile = get_teacher(args, tdls, tname, log)
         rows.append(dict(pair=pair, model=tname, method='teacher', seed=0, **trec))
         for seed in range(args.seeds):
             for label in args.methods:
                 m = METHODS[label]
-                kw = {} if m is None else pair_kwargs(m, tname, sname)
-                _, rec = train(dls, test_dl, sname, args.epochs, args.lr, seed, teacher.train(), m, **kw)
-                rows.append(dict(pair=pair, model=sname, method=label, seed=seed, **rec))
+                kw = {} if m is None else {**pair_kwargs(m, tname, sname), **cache_kwargs(args, m, tfile), **(args.method_args or {})}
+                _, rec = train(dls, sname, args.epochs, args.lr, seed, teacher, m, **kw)
+                rows.append(dict(pair=pair, model=sname, method=label + (args.label_suffix if m else ''), seed=seed, cached=bool(kw.get('cache_path')), **rec))
+                save(rows)
                 log(f"{pair} seed {seed} {label:8s} test {rec['test_acc']*100:.2f}% (held-out {rec['heldout_acc']*100:.2f}%, "
                     f"best epoch {rec['best_epoch']}, {rec['sec_per_epoch']:.1f} s/epoch)")
     return pd.DataFrame(rows)
@@ -143,17 +160,27 @@ def summarize(df):
 
 def main(argv=None):
     args = parse_args(argv)
-    df = run(args)
-    table = summarize(df)
+    out = Path(args.out) if args.out else None
+    if out: out.parent.mkdir(parents=True, exist_ok=True)
+    save = (lambda rows: pd.DataFrame(rows).to_csv(out.with_suffix('.csv'), index=False)) if out else (lambda rows: None)
+    if args.from_csv: df = pd.concat([pd.read_csv(f) for f in args.from_csv], ignore_index=True)
     cmd = 'python bench/logit_methods.py ' + ' '.join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    if not args.from_csv: df = run(args, save=lambda rows: save([dict(r, command=cmd) for r in rows]))
+    table = summarize(df)
     print(table.to_string(index=False))
-    if args.out:
-        out = Path(args.out); out.parent.mkdir(parents=True, exist_ok=True)
+    if out:
+        if 'command' not in df: df['command'] = cmd
         df.to_csv(out.with_suffix('.csv'), index=False)
-        md = (f"# Logit-based KD methods on Fashion-MNIST\n\nCommand: `{cmd}`\n\n"
-              f"{args.epochs} epochs (one-cycle, max lr {args.lr}, batch {args.bs}), {args.fraction} of the training set, "
+        runs = '' if not args.from_csv else 'Runs: ' + ', '.join(f"`{c}`" for c in df['command'].dropna().unique()) + '\n\n'
+        md = (f"# Logit-based KD methods on Fashion-MNIST\n\nCommand: `{cmd}`\n\n{runs}"
+              f"{args.epochs} epochs (one-cycle, max lr {args.lr}, batch {args.bs}, "
+              f"{'random crop + flip' if args.augment else 'no augmentation'}), {args.fraction} of the training set, "
               f"{args.holdout} of it held out to pick each run's best epoch; accuracy on the 10,000 test images at that "
-              "epoch, mean ± std over seeds 0..n-1. Teachers: seed 0, same split and rule.\n\n"
+              "epoch, mean ± std over seeds 0..n-1. Teachers: seed 0, same held-out rule, "
+              f"{args.teacher_epochs or args.epochs} epochs on {args.teacher_fraction or args.fraction} of the training set "
+              "(the students' images included, their held-out images excluded). "
+              + (f"Teacher-output cache ({args.views} views per item) for every method but MLKD and SDD." if args.cache else "No cache.")
+              + "\n\n"
               + to_markdown(table) + "\n\nPer-seed rows: " + out.with_suffix('.csv').name + "\n")
         out.with_suffix('.md').write_text(md)
         print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.csv')}")
