@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/90_all.ipynb #8ffddc53
+# %% ../nbs/90_all.ipynb #1ea540f3
 from .data import *
 from .models import *
 from .losses import *
@@ -17,6 +17,7 @@ from .experiments import *
 from .takd import *
 from .rco import *
 from .selfkd import *
+from .hookpoints import *
 from .features import *
 from .stagewise import *
 from .cache import *
@@ -27,9 +28,14 @@ from .dist import *
 from .mlkd import *
 from .sdd import *
 from .clkd import *
+from .fitnet import *
+from .at import *
+from .ofd import *
+from .reviewkd import *
 from .methods import *
 import kd_fastai
 # a star import of this module re-exports every module's public names (`Learner.distill` etc. are patched on import)
 _MODULES = ('data', 'models', 'losses', 'teacher', 'restore', 'ddp', 'kd', 'experiments', 'takd', 'rco', 'selfkd',
-            'features', 'stagewise', 'cache', 'cached_kd', 'logit', 'dkd', 'dist', 'mlkd', 'sdd', 'clkd', 'methods')
+            'hookpoints', 'features', 'stagewise', 'cache', 'cached_kd', 'logit', 'dkd', 'dist', 'mlkd', 'sdd', 'clkd',
+            'fitnet', 'at', 'ofd', 'reviewkd', 'methods')
 __all__ = list(dict.fromkeys(n for m in _MODULES for n in getattr(kd_fastai, m).__all__))
