@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/90_all.ipynb #dc483a49
+# %% ../nbs/90_all.ipynb #faafee06
 from .data import *
 from .zoonet import *
 from .models_004 import *
@@ -23,6 +23,7 @@ from .leaderboard import *
 from .takd import *
 from .rco import *
 from .selfkd import *
+from .hookpoints import *
 from .features import *
 from .stagewise import *
 from .cache import *
@@ -35,10 +36,15 @@ from .sdd import *
 from .clkd import *
 from .rkd import *
 from .crd import *
+from .fitnet import *
+from .at import *
+from .ofd import *
+from .reviewkd import *
 from .methods import *
 import kd_fastai
 # a star import of this module re-exports every module's public names (`Learner.distill` etc. are patched on import)
 _MODULES = ('data', 'zoonet', 'models_004', 'tv_models',
             'models', 'feature_losses', 'losses', 'teacher', 'pretrained', 'restore', 'ddp', 'kd', 'experiments', 'leaderboard', 'takd', 'rco', 'selfkd',
-            'features', 'stagewise', 'cache', 'cached_kd', 'logit', 'dkd', 'dist', 'mlkd', 'sdd', 'clkd', 'rkd', 'crd', 'methods')
+            'hookpoints', 'features', 'stagewise', 'cache', 'cached_kd', 'logit', 'dkd', 'dist', 'mlkd', 'sdd', 'clkd', 'rkd', 'crd',
+            'fitnet', 'at', 'ofd', 'reviewkd', 'methods')
 __all__ = list(dict.fromkeys(n for m in _MODULES for n in getattr(kd_fastai, m).__all__))

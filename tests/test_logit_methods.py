@@ -44,7 +44,7 @@ def test_method_distill_export_predict(folder, method):
 def test_unknown_method_lists_the_available_ones(folder):
     _, dls, teacher = folder
     learn = Learner(dls, small_net(width=4))
-    with pytest.raises(ValueError, match='available: kd, dkd, dist, mlkd, sdd, clkd'): learn.distill(teacher, 1, method='fitnet')
+    with pytest.raises(ValueError, match='available: kd, dkd, dist, mlkd, sdd, clkd'): learn.distill(teacher, 1, method='hint')
 
 
 class _Counting(nn.Module):

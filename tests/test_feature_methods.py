@@ -1,0 +1,48 @@
+"""The feature methods (FitNet, AT, OFD, ReviewKD, '+kd') under the newest fastai: `Learner.distill(method=...)` on a
+fastai `DataBlock` of PNG files with `aug_transforms`, zoo and `vision_learner` models; the teacher handed back (OFD's
+BatchNorm statistics included), no hook left, connectors not exported, export -> load_learner -> predict."""
+import pytest
+import torch
+from fastai.vision.all import Normalize, Learner, load_learner, accuracy, aug_transforms, vision_learner, resnet18, get_image_files
+from kd_fastai.all import *
+from kd_fastai.test_utils import write_png_folder, folder_dls
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+    d = write_png_folder(tmp_path_factory.mktemp('png'), n_train=8, n_valid=4, size=16)
+    return d, folder_dls(d, bs=8, batch_tfms=[*aug_transforms(size=16, min_scale=0.8), Normalize.from_stats([0.5], [0.25])])
+
+
+def _check(learn, teacher, before, d, name):
+    for k, v in teacher.state_dict().items(): assert torch.equal(v, before[k]), k
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in list(learn.model.modules()) + list(teacher.modules()))
+    assert 'feature_loss' in learn.recorder.metric_names
+    item = get_image_files(d/'valid')[0]
+    with learn.no_bar(): p = learn.predict(item)[2]
+    learn.export(f'{name}.pkl')
+    loaded = load_learner(d/f'{name}.pkl')
+    assert set(loaded.model.state_dict()) == set(learn.model.state_dict())
+    with loaded.no_bar(): torch.testing.assert_close(loaded.predict(item)[2], p)
+
+
+@pytest.mark.parametrize('method', ['fitnet', 'at', 'ofd', 'reviewkd', 'ofd+kd', 'fitnet+kd'])
+def test_feature_method_zoo(folder, method):
+    d, dls = folder
+    teacher = zoo_model('cifar_resnet14', in_channels=1, num_classes=3)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    learn = Learner(dls, zoo_model('cifar_resnet8', in_channels=1, num_classes=3), metrics=accuracy, path=d)
+    with learn.no_bar(), learn.no_logging(): learn.distill(teacher, 1, 1e-2, method=method)
+    assert ('distill_loss' in learn.recorder.metric_names) == method.endswith('+kd')
+    _check(learn, teacher, before, d, method)
+
+
+@pytest.mark.parametrize('method', ['ofd', 'reviewkd'])
+def test_feature_method_vision_learner(folder, method):
+    d, dls = folder
+    teacher = vision_learner(dls, resnet18, pretrained=False, n_in=1).model.train()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    learn = vision_learner(dls, resnet18, pretrained=False, n_in=1, path=d)
+    with learn.no_bar(), learn.no_logging(): learn.distill(teacher, 1, 1e-3, method=method)
+    _check(learn, teacher, before, d, f'vl_{method}')
