@@ -15,21 +15,7 @@ from .features import FeatureDistillCallback
 __all__ = ['ofd_connector', 'OFDCallback']
 
 # %% ../nbs/34_ofd.ipynb #618468dc
-# TEMP stand-in until feature_losses lands: the integrator replaces this cell by
-#   from kd_fastai.feature_losses import ofd_margin, ofd_loss
-def _ofd_margin(bn:nn.Module)->torch.Tensor:
-    "Per-channel OFD margin (C,) from the affine parameters of the BatchNorm `bn` that feeds the teacher's ReLU"
-    s, m = bn.weight.detach().double().abs(), bn.bias.detach().double()
-    cdf = torch.special.ndtr(-m / s)
-    pdf = torch.exp(-(m / s) ** 2 / 2) / math.sqrt(2 * math.pi)
-    return torch.where(cdf > 1e-3, m - s * pdf / cdf, -3 * s).float()
-
-def _ofd_loss(f_s, f_t, margin)->torch.Tensor:
-    "OFD's partial L2 between `f_s` and max(`f_t`, margin): summed over elements, divided by the batch size"
-    s, t = f_s.float(), torch.maximum(f_t.float(), margin.to(f_t.device).float().view(1, -1, *[1] * (f_t.dim() - 2)))
-    return ((s - t).pow(2) * ((s > t) | (t > 0))).sum() / s.shape[0]
-
-ofd_margin, ofd_loss = _ofd_margin, _ofd_loss
+from .feature_losses import ofd_margin, ofd_loss  # the margin and partial L2 (nbs/01b_feature_losses.ipynb)
 
 # %% ../nbs/34_ofd.ipynb #1976da8d
 def ofd_connector(fs, ft)->nn.Sequential:

@@ -16,22 +16,7 @@ from .features import FeatureDistillCallback
 __all__ = ['REVIEWKD_WEIGHTS', 'ABF', 'ReviewKDCallback']
 
 # %% ../nbs/35_reviewkd.ipynb #353b6ecd
-# TEMP stand-in until feature_losses lands: the integrator replaces this cell by
-#   from kd_fastai.feature_losses import hcl_loss
-def _hcl_loss(fs:list, ft:list)->torch.Tensor:
-    "ReviewKD's hierarchical context loss between lists of (B, C, H, W) maps, summed over levels"
-    total = 0.
-    for s, t in zip(fs, ft):
-        s, t = s.float(), t.float()
-        loss, w, tot = F.mse_loss(s, t), 1., 1.
-        for l in (4, 2, 1):
-            if l >= s.shape[2]: continue
-            w /= 2
-            loss, tot = loss + w * F.mse_loss(F.adaptive_avg_pool2d(s, l), F.adaptive_avg_pool2d(t, l)), tot + w
-        total = total + loss / tot
-    return total
-
-hcl_loss = _hcl_loss
+from .feature_losses import hcl_loss  # the hierarchical context loss (nbs/01b_feature_losses.ipynb)
 
 # %% ../nbs/35_reviewkd.ipynb #2106d563
 class ABF(nn.Module):
