@@ -11,22 +11,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
 import torch
 import pandas as pd
-from fastai.learner import Learner
 from fastai.torch_core import set_seed
 from kd_fastai.data import fashion_mnist_dls
 from kd_fastai.models import zoo_model, count_parameters
 from kd_fastai.methods import method_callback
-from kd_fastai.experiments import EpochTimer, to_markdown
+from kd_fastai.experiments import to_markdown
+sys.path.insert(0, str(Path(__file__).parent))
+from logit_cost import epoch_time  # one training epoch of a fresh student, with or without a callback
 
 METHODS = ('fitnet', 'at', 'rkd', 'crd', 'ofd', 'reviewkd')
-
-
-def epoch_time(dls, student, cb=None):
-    "One training epoch of a fresh student, with the callback `cb` (None: plain)"
-    set_seed(0)
-    learn, timer = Learner(dls, zoo_model(student, in_channels=1)), EpochTimer()
-    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=[timer] + ([cb] if cb is not None else []))
-    return timer.times[0]
 
 
 def teacher_time(dls, teacher):
