@@ -1,7 +1,7 @@
 """Cost of the feature methods (issue 12): seconds per training epoch of FitNet, AT, RKD, CRD, OFD and ReviewKD against
 a plain student epoch plus one teacher forward pass over the same batches, in one run (interleaved repeats, median).
 
-    python bench/feature_cost.py --fraction 0.05 --repeats 2 --threads 1
+    python bench/feature_cost.py --fraction 0.1 --repeats 2 --threads 1
 
 Target: every method's epoch <= 1.30 x (plain epoch + teacher forward). The teacher is untrained: the cost does not
 depend on the weights. CRD runs with its official K = 16,384 negatives unless `--nce-k` says otherwise."""
@@ -16,6 +16,7 @@ from kd_fastai.data import fashion_mnist_dls
 from kd_fastai.models import zoo_model, count_parameters
 from kd_fastai.methods import method_callback
 from kd_fastai.experiments import to_markdown
+from kd_fastai.losses import crd_bank_bytes
 sys.path.insert(0, str(Path(__file__).parent))
 from logit_cost import epoch_time  # one training epoch of a fresh student, with or without a callback
 
@@ -60,7 +61,9 @@ def main(teacher='cifar_resnet56', student='cifar_resnet20', fraction=0.05, bs=1
             f"torch {torch.__version__}, {platform.processor() or platform.machine()}. Seconds of the training phase of one "
             f"epoch (median of {repeats} interleaved repeats; the first batch's dry run, which builds the connectors, is inside "
             f"the epoch).\n\n" + to_markdown(df) +
-            f"\n\nAbove the 1.30 x target: {', '.join(over) if over else 'none'}.\n")
+            f"\n\nAbove the 1.30 x target: {', '.join(over) if over else 'none'}.\n\n"
+            f"CRD's memory: its two banks (128-dim float32 rows, one per training item) take {crd_bank_bytes(60000) / 1e6:.1f} MB "
+            f"for Fashion-MNIST's 60,000 items, {crd_bank_bytes(len(dls.train_ds)) / 1e6:.1f} MB for the {len(dls.train_ds):,} here.\n")
     print(text)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +75,7 @@ if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--teacher', default='cifar_resnet56')
     p.add_argument('--student', default='cifar_resnet20')
-    p.add_argument('--fraction', type=float, default=0.05)
+    p.add_argument("--fraction", type=float, default=0.1)
     p.add_argument('--bs', type=int, default=128)
     p.add_argument('--repeats', type=int, default=2)
     p.add_argument('--threads', type=int, default=1)

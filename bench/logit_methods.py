@@ -12,6 +12,8 @@ same rule) and reused from `--teachers`. Every method uses the authors' defaults
 
     python bench/logit_methods.py --pairs vgg13:vgg8 cifar_resnet56:cifar_resnet20 --seeds 3 --epochs 8 --fraction 0.06 --teacher-fraction 0.15 --teacher-epochs 6 --threads 2
     python bench/logit_methods.py --fraction 0.02 --epochs 1 --teacher-epochs 1 --seeds 1 --out /tmp/lm_smoke   # a smoke test
+
+`--methods` also takes the feature methods (`bench/feature_methods.py` runs those by default).
 """
 import argparse, json, shlex, sys, tempfile, time
 from pathlib import Path
@@ -23,20 +25,24 @@ from fastai.metrics import accuracy
 from fastai.torch_core import set_seed, default_device
 from kd_fastai.data import load_fashion_mnist, stratified_split, TensorImageData, tensor_image_dls, FMNIST_MEAN, FMNIST_STD, FMNIST_CLASSES
 from kd_fastai.takd import BestWeights
-from kd_fastai.methods import UNCACHED
+from kd_fastai.methods import UNCACHED, METHODS as LIBRARY_METHODS, is_feature_method
 from kd_fastai.models import zoo_model, count_parameters
 from kd_fastai.dkd import DKD_BETAS
 from kd_fastai.experiments import mean_std, to_markdown
 import kd_fastai.methods  # noqa: F401 (Learner.distill with method=)
 
-METHODS = {'baseline': None, 'KD': 'kd', 'KD+LS': 'kd+ls', 'DKD': 'dkd', 'DKD+LS': 'dkd+ls', 'DIST': 'dist',
-           'MLKD': 'mlkd', 'SDD': 'sdd', 'CLKD': 'clkd'}  # table name -> `distill(method=...)`
+LOGIT_METHODS = {'baseline': None, 'KD': 'kd', 'KD+LS': 'kd+ls', 'DKD': 'dkd', 'DKD+LS': 'dkd+ls', 'DIST': 'dist',
+                 'MLKD': 'mlkd', 'SDD': 'sdd', 'CLKD': 'clkd'}  # table name -> `distill(method=...)`
+FEATURE_METHODS = {'FitNet': 'fitnet', 'AT': 'at', 'RKD': 'rkd', 'CRD': 'crd', 'CRD+KD': 'crd+kd', 'OFD': 'ofd',
+                   'OFD+KD': 'ofd+kd', 'ReviewKD': 'reviewkd'}  # bench/feature_methods.py's rows (no cache: they need feature maps)
+METHODS = {**LOGIT_METHODS, **FEATURE_METHODS}
+FEATURE_KEYS = {k for k, v in LIBRARY_METHODS.items() if is_feature_method(v[0])}  # no cache: they need the teacher's feature maps
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, defaults=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--pairs', nargs='+', default=['cifar_resnet56:cifar_resnet20', 'wrn_40_2:wrn_16_2'], help='teacher:student zoo names')
-    p.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
+    p.add_argument('--methods', nargs='+', default=list(LOGIT_METHODS), choices=list(METHODS))
     p.add_argument('--seeds', type=int, default=3, help='seeds 0..n-1')
     p.add_argument('--epochs', type=int, default=10, help='epochs of every student run')
     p.add_argument('--teacher-epochs', type=int, default=None, help='epochs of the teachers (default: --epochs)')
@@ -57,6 +63,8 @@ def parse_args(argv=None):
     p.add_argument('--label-suffix', default='', help='appended to the method names in the table, e.g. " (alpha=0.5)"')
     p.add_argument('--from-csv', nargs='+', default=None, metavar='CSV',
                    help='train nothing: write the table of the per-seed rows of these CSVs (runs split over processes)')
+    p.add_argument('--title', default='Logit-based KD methods on Fashion-MNIST', help='heading of OUT.md')
+    if defaults: p.set_defaults(**defaults)
     return p.parse_args(argv)
 
 
@@ -122,7 +130,7 @@ def pair_kwargs(method, teacher, student):
 
 def cache_kwargs(args, method, teacher_file):
     "The teacher-output cache of `method`, one folder per teacher file, shared by every seed and method"
-    if not args.cache or method is None or method.removesuffix('+ls') in UNCACHED: return {}
+    if not args.cache or method is None or method.removesuffix('+ls') in UNCACHED or method.split('+')[0] in FEATURE_KEYS: return {}
     return dict(cache_path=Path(args.teachers)/f'cache_{teacher_file.stem}_v{args.views}',
                 cache_kwargs=dict(views=args.views, verbose=False) if args.augment else dict(verbose=False))
 
@@ -158,13 +166,13 @@ def summarize(df):
     return pd.DataFrame(out)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(argv=None, defaults=None, script='bench/logit_methods.py'):
+    args = parse_args(argv, defaults)
     out = Path(args.out) if args.out else None
     if out: out.parent.mkdir(parents=True, exist_ok=True)
     save = (lambda rows: pd.DataFrame(rows).to_csv(out.with_suffix('.csv'), index=False)) if out else (lambda rows: None)
     if args.from_csv: df = pd.concat([pd.read_csv(f) for f in args.from_csv], ignore_index=True)
-    cmd = 'python bench/logit_methods.py ' + ' '.join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    cmd = f'python {script} ' + ' '.join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     if not args.from_csv: df = run(args, save=lambda rows: save([dict(r, command=cmd) for r in rows]))
     table = summarize(df)
     print(table.to_string(index=False))
@@ -172,14 +180,15 @@ def main(argv=None):
         if 'command' not in df: df['command'] = cmd
         df.to_csv(out.with_suffix('.csv'), index=False)
         runs = '' if not args.from_csv else 'Runs: ' + ', '.join(f"`{c}`" for c in df['command'].dropna().unique()) + '\n\n'
-        md = (f"# Logit-based KD methods on Fashion-MNIST\n\nCommand: `{cmd}`\n\n{runs}"
+        md = (f"# {args.title}\n\nCommand: `{cmd}`\n\n{runs}"
               f"{args.epochs} epochs (one-cycle, max lr {args.lr}, batch {args.bs}, "
               f"{'random crop + flip' if args.augment else 'no augmentation'}), {args.fraction} of the training set, "
               f"{args.holdout} of it held out to pick each run's best epoch; accuracy on the 10,000 test images at that "
               "epoch, mean ± std over seeds 0..n-1. Teachers: seed 0, same held-out rule, "
               f"{args.teacher_epochs or args.epochs} epochs on {args.teacher_fraction or args.fraction} of the training set "
               "(the students' images included, their held-out images excluded). "
-              + (f"Teacher-output cache ({args.views} views per item) for every method but MLKD and SDD." if args.cache else "No cache.")
+              + (f"Teacher-output cache ({args.views} views per item) for the logit methods but MLKD and SDD; the feature "
+                 "methods, MLKD and SDD run the teacher at every step." if args.cache else "No cache.")
               + "\n\n"
               + to_markdown(table) + "\n\nPer-seed rows: " + out.with_suffix('.csv').name + "\n")
         out.with_suffix('.md').write_text(md)

@@ -17,7 +17,7 @@ class AttentionTransferCallback(FeatureDistillCallback):
     "Attention transfer (Zagoruyko & Komodakis, ICLR 2017): CE + sum over stages of 1000 x mean((Q_s - Q_t)^2)"
     def __init__(self,
                  teacher, # nn.Module, Learner, file path or `FrozenTeacher`
-                 pairs=None, # (student, teacher) stage pairs; None: every stage after the stem (`stage_pairs`)
+                 pairs=None, # (student, teacher) stage pairs; None: every stage after the stem, by resolution when the counts differ (`stage_pairs`)
                  feat_weight=1., # weight of each stage's term (the loss already carries the official beta = 1000)
                  p:float=2., # exponent of the activations in the attention map
                  task_weight:float=1., # weight of the learner's loss (CE)
@@ -27,4 +27,4 @@ class AttentionTransferCallback(FeatureDistillCallback):
         loss = attention_transfer_loss if p == 2 else partial(attention_transfer_loss, p=p)
         super().__init__(teacher, pairs, loss, feat_weight, task_weight, kd_weight=kd_weight, T=T, **kwargs)
 
-    def default_pairs(self, student, teacher): return stage_pairs(student, teacher)
+    def default_pairs(self, student, teacher): return stage_pairs(student, teacher, xb=self.probe_batch)

@@ -8,7 +8,7 @@ import torch
 from fastcore.basics import store_attr
 from fastai.torch_core import find_bs
 from .losses import CRDLoss, ClassNegatives
-from .ddp import plain_dl
+from .ddp import plain_dl, all_gather_cat, is_distributed
 from .cached_kd import ItemOrder
 from .selfkd import loader_labels, _class_id
 from .rkd import PooledFeatureCallback
@@ -29,7 +29,7 @@ def class_indices(dl, # a fastai loader (CRD: the training loader)
 
 # %% ../nbs/33_crd.ipynb #3d35bcb5
 class CRDCallback(PooledFeatureCallback):
-    "Contrastive representation distillation (Tian et al., ICLR 2020): CE + 0.8 x CRD on the pooled features; + KD with `kd_alpha`"
+    "Contrastive representation distillation (Tian et al., ICLR 2020): CE + 0.8 x CRD on the pooled features; + KD with `kd_weight`"
     _stateattrs = PooledFeatureCallback._stateattrs + ('labels', 'negatives', 'item_order', 'idx', 'generator', '_dl')
     def __init__(self,
                  teacher, # nn.Module, Learner, file path or `FrozenTeacher`
@@ -40,7 +40,7 @@ class CRDCallback(PooledFeatureCallback):
                  nce_m:float=0.5, # momentum of the memory banks
                  labels=None, # the class of every training item (None: read from the training loader's data set)
                  seed:int|None=None, # seed of the negatives' generator (None: drawn from torch's global generator)
-                 **kwargs, # `ce_weight`, `kd_alpha` (1 for 'crd+kd'), `T`, `student_point`, `teacher_point`, `valid_metrics`, `teacher_arch`
+                 **kwargs, # `ce_weight`, `kd_weight` (1 for 'crd+kd'), `T`, `student_point`, `teacher_point`, `valid_metrics`, `teacher_arch`
                 ):
         super().__init__(teacher, None, feat_weight=feat_weight, **kwargs)
         store_attr('feat_dim,nce_k,nce_t,nce_m,labels,seed')
@@ -64,6 +64,7 @@ class CRDCallback(PooledFeatureCallback):
         crd = self.adapters['crd'] if 'crd' in self.adapters else None
         if crd is None or (crd.s_dim, crd.t_dim, crd.n_data, crd.feat_dim, crd.nce_k, crd.nce_t, crd.nce_m) != spec:
             self.adapters['crd'] = CRDLoss(*spec)
+        self.adapters['crd'].gather = all_gather_cat if is_distributed() else None  # under DDP each update holds every rank's items
         self.on_exit(self.adapters['crd'].flush)  # the last batch's (deferred) bank update
         self.negatives.to(fs.device)
         self.generator = torch.Generator(fs.device).manual_seed(self._seed)

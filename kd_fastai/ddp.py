@@ -13,8 +13,9 @@ from fastai.torch_core import num_distrib
 from fastai.distributed import DistributedDL
 
 # %% auto #0
-__all__ = ['world_size', 'rank', 'is_distributed', 'is_rank0', 'barrier', 'comm_device', 'all_reduce_sum', 'broadcast_object',
-           'broadcast_params', 'sync_grads', 'init_launched', 'launched_ctx', 'unwrap_model', 'plain_dl']
+__all__ = ['world_size', 'rank', 'is_distributed', 'is_rank0', 'barrier', 'comm_device', 'all_reduce_sum', 'all_gather_cat',
+           'broadcast_object', 'broadcast_params', 'sync_grads', 'init_launched', 'launched_ctx', 'unwrap_model',
+           'plain_dl']
 
 # %% ../nbs/03b_ddp.ipynb #f559747c
 def _dist()->bool: return torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -52,6 +53,20 @@ def all_reduce_sum(t)->torch.Tensor:
     r = t.detach().to(comm_device(), copy=True)
     torch.distributed.all_reduce(r)
     return r.to(t.device)
+
+def all_gather_cat(t)->torch.Tensor:
+    "The rows of `t` from every rank, concatenated in rank order, on `t`'s device (`t` itself in one process); sizes may differ"
+    t = torch.as_tensor(t)
+    if not is_distributed(): return t
+    n = torch.tensor([len(t)], device=comm_device())
+    sizes = [torch.zeros_like(n) for _ in range(world_size())]
+    torch.distributed.all_gather(sizes, n)
+    sizes = [int(s.item()) for s in sizes]
+    buf = torch.zeros((max(sizes), *t.shape[1:]), dtype=t.dtype, device=comm_device())
+    buf[:len(t)] = t.detach()
+    parts = [torch.empty_like(buf) for _ in sizes]
+    torch.distributed.all_gather(parts, buf)
+    return torch.cat([b[:s] for b, s in zip(parts, sizes)]).to(t.device)
 
 def broadcast_object(obj, src:int=0):
     "The picklable `obj` of rank `src`, on every rank (`obj` itself in one process)"

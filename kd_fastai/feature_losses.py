@@ -157,6 +157,7 @@ class CRDLoss(nn.Module):
         self.register_buffer('bank_t', torch.rand(n_data, feat_dim) * 2 * bound - bound)  # teacher embeddings
         self.register_buffer('z', torch.full((2,), -1.))  # Z of the student- and teacher-anchored scores; < 0: not set yet
         self._pending = None  # the last training call's bank update, applied by `flush`
+        self.gather = None  # under DDP: f(tensor) -> its rows from every rank (`all_gather_cat`), so every rank's banks agree
 
     @property
     def bank_bytes(self)->int: return self.bank_s.numel() * self.bank_s.element_size() + self.bank_t.numel() * self.bank_t.element_size()
@@ -183,9 +184,11 @@ class CRDLoss(nn.Module):
             v_s, v_t = self.embed(f_s, f_t)
             e_s = self.scores(self.bank_t, v_s, contrast_idx)  # student anchor, teacher bank
             e_t = self.scores(self.bank_s, v_t, contrast_idx)  # teacher anchor, student bank
-            with torch.no_grad():
-                z = torch.stack([e_s.mean(), e_t.mean()]) * self.n_data
-                self.z.copy_(torch.where(self.z > 0, self.z, z))  # set on the first batch, then frozen
+            if (self.z <= 0).any():  # the first batch (on every rank alike): Z is set, then frozen
+                with torch.no_grad():
+                    z = torch.stack([e_s.mean(), e_t.mean()]) * self.n_data
+                    if self.gather is not None: z = self.gather(z[None]).mean(0)  # under DDP: the ranks' mean, one Z everywhere
+                    self.z.copy_(torch.where(self.z > 0, self.z, z))
             loss = crd_nce_loss(e_s / self.z[0], self.n_data) + crd_nce_loss(e_t / self.z[1], self.n_data)
             if self.training: self._pending = (idx, v_s.detach(), v_t.detach())
             return loss
@@ -194,6 +197,7 @@ class CRDLoss(nn.Module):
         "Apply the bank update of the last training call (deferred until its scores' backward pass no longer needs the old rows)"
         if self._pending is None: return
         (idx, v_s, v_t), self._pending = self._pending, None
+        if self.gather is not None: idx, v_s, v_t = map(self.gather, (idx, v_s, v_t))  # every rank's items, on every rank
         self.update(idx, v_s, v_t)
 
     @torch.no_grad()

@@ -6,6 +6,8 @@
 from __future__ import annotations
 from contextlib import contextmanager
 from functools import partial
+import random
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -167,6 +169,14 @@ class FeatureDistillCallback(FitScopedCallback):
         "The pairs used when none are given (None: the zoo blocks in order, `feature_pairs`)"
         return None
 
+    def probe_batch(self)->tuple:
+        "The inputs of one training batch, drawn without moving any random state (for shape probes before the fit)"
+        states = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]): b = self.learn.dls.train.one_batch()
+        finally: random.setstate(states[0]); np.random.set_state(states[1])
+        return tuple(b[:self.learn.dls.n_inp])
+
     def pair_weights(self)->list:
         "One weight per pair, from `feat_weight`"
         w = self.feat_weight
@@ -286,7 +296,7 @@ class FeatureDistillCallback(FitScopedCallback):
         try: self.make_connectors(fs, ft)
         finally: self._dry = False
         self.adapters.to(fs[0].device)
-        broadcast_params(self.adapters.parameters())  # under DDP every rank starts from rank 0's connectors
+        broadcast_params([*self.adapters.parameters(), *self.adapters.buffers()])  # under DDP every rank starts from rank 0's connectors
         opt, added = self.learn.opt, add_params(self.learn.opt, list(self.adapters.parameters()))
         self.on_exit(partial(remove_params, opt, added))
         self._clear()

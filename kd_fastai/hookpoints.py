@@ -12,7 +12,7 @@ from .teacher import FrozenTeacher, first_output
 
 # %% auto #0
 __all__ = ['find_module', 'FeaturePoint', 'FeatureTap', 'Taps', 'n_hooks', 'ModuleCall', 'trace_calls', 'feeding_bn',
-           'preact_point', 'classifier_input', 'feature_stages', 'stage_pairs', 'teacher_features']
+           'preact_point', 'classifier_input', 'feature_stages', 'stage_sizes', 'stage_pairs', 'teacher_features']
 
 # %% ../nbs/12a_hookpoints.ipynb #2e78bbfd
 def find_module(model:nn.Module, # the model to search
@@ -216,13 +216,38 @@ def feature_stages(model:nn.Module)->list:
                          "pairs=[('student.block', 'teacher.block'), ...] as `model.named_modules()` prints them.")
     return [prefix + kids[i][0] for i in [stages[0] - 1] + stages]
 
-def stage_pairs(student:nn.Module, teacher:nn.Module, skip:int=1)->list:
-    "Default pairs of the multi-stage methods (AT, OFD, ReviewKD): the `feature_stages` after the first `skip` (the stem), in order"
+def stage_sizes(model:nn.Module, names:list, xb:tuple)->list:
+    "Spatial size (H, W) of the output of each module in `names` for the inputs `xb` (eval mode, no gradient, modes restored)"
+    mods, sizes = dict(model.named_modules()), {}
+    def record(name):
+        def hook(m, i, o): sizes.setdefault(name, tuple(first_output(o).shape[2:]))  # returns None: the output is kept
+        return hook
+    dev = next(model.parameters()).device
+    handles = [mods[n].register_forward_hook(record(n)) for n in names]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad(): model(*[b[:2].to(dev) for b in xb])
+    finally:
+        for h in handles: h.remove()
+        for m, mode in modes: m.training = mode
+    return [sizes.get(n) for n in names]
+
+def stage_pairs(student:nn.Module, teacher:nn.Module, skip:int=1,
+                xb=None, # model inputs (or a function returning them) to pair stages by resolution when the counts differ
+               )->list:
+    "Default pairs of the multi-stage methods (AT, OFD, ReviewKD): the `feature_stages` after the first `skip` (the stem)"
     s, t = feature_stages(student)[skip:], feature_stages(teacher)[skip:]
-    if len(s) != len(t):
-        raise ValueError(f"The student has {len(s)} stages after its stem {s} and the teacher {len(t)} {t}: pass "
-                         "pairs=[(student_stage, teacher_stage), ...] explicitly, e.g. stages of equal resolution.")
-    return list(zip(s, t))
+    if len(s) == len(t): return list(zip(s, t))
+    msg = (f"The student has {len(s)} stages after its stem {s} and the teacher {len(t)} {t}")
+    if xb is None: raise ValueError(f"{msg}: pass pairs=[(student_stage, teacher_stage), ...] explicitly, e.g. stages of equal resolution.")
+    xb = xb() if callable(xb) else xb
+    ss, ts = stage_sizes(student, s, xb), stage_sizes(teacher, t, xb)
+    last_s, last_t = dict(zip(ss, s)), dict(zip(ts, t))  # the last stage of each resolution
+    pairs = [(last_s[size], name) for size, name in last_t.items() if size is not None and size in last_s]
+    if not pairs: raise ValueError(f"{msg}, with no resolution in common (student {ss}, teacher {ts}): pass "
+                                   "pairs=[(student_stage, teacher_stage), ...] explicitly.")
+    return pairs
 
 # %% ../nbs/12a_hookpoints.ipynb #6640cd22
 class _StopForward(Exception):

@@ -119,7 +119,7 @@ def method_setup(method:str, T=None, alpha=None, method_kwargs:dict|None=None):
     given = {k: v for k, v in dict(T=T, alpha=alpha).items() if v is not None}
     args = kdm.method_args(cls)
     if 'alpha' in given and 'alpha' not in args and kdm.is_feature_method(cls):  # a feature method's KD weight (seed 004's w)
-        given['kd_alpha' if 'kd_alpha' in args else 'kd_weight'] = given.pop('alpha')
+        given['kd_weight'] = given.pop('alpha')
     kw = {**given, **(method_kwargs or {})}
     for k in ('valid_metrics', 'valid_features'):
         if k in args: kw.setdefault(k, False); break

@@ -93,9 +93,7 @@ def method_callback(method:str, teacher, standardize:bool=False,
     "The callback of `method` for `teacher`; what `kwargs` leaves out takes the authors' defaults"
     cls, std = resolve_method(method, standardize)
     key, _, with_kd = _parse(method)
-    if with_kd:  # RKD and CRD (pooled features, `PooledFeatureCallback`) name their KD weight `kd_alpha`
-        kd = dict(kd_alpha=FEATURE_KD['kd_weight'], T=FEATURE_KD['T']) if 'kd_alpha' in method_args(cls) else FEATURE_KD
-        kwargs = {**kd, **kwargs}
+    if with_kd: kwargs = {**FEATURE_KD, **kwargs}
     if cache:
         if key in UNCACHED: raise ValueError(f"{method!r} cannot use the teacher-output cache: {UNCACHED[key]}. Use cache=False.")
         if is_feature_method(cls): raise ValueError(f"{method!r} cannot use the teacher-output cache: it needs the teacher's feature maps, "

@@ -29,7 +29,7 @@ class OFDCallback(FeatureDistillCallback):
     _stateattrs = FeatureDistillCallback._stateattrs + ('margins',)
     def __init__(self,
                  teacher, # nn.Module, Learner, file path or `FrozenTeacher`
-                 pairs=None, # (student, teacher) stage pairs; None: every stage after the stem (`stage_pairs`)
+                 pairs=None, # (student, teacher) stage pairs; None: every stage after the stem, by resolution when the counts differ (`stage_pairs`)
                  feat_weight=1e-3, # weight of the feature term (official 1/1000, per item)
                  task_weight:float=1., # weight of the learner's loss (CE)
                  train_bn:bool=True, # the teacher's BatchNorm in train mode, as the official code (restored after the fit)
@@ -40,7 +40,7 @@ class OFDCallback(FeatureDistillCallback):
                          train_bn=train_bn, kd_weight=kd_weight, T=T, **kwargs)
         self.margins = {}
 
-    def default_pairs(self, student, teacher): return stage_pairs(student, teacher)
+    def default_pairs(self, student, teacher): return stage_pairs(student, teacher, xb=self.probe_batch)
 
     def pair_weights(self)->list:
         "`feat_weight` x 1/2^(n-i) for stage i of n (the deepest stage 1)"

@@ -36,7 +36,11 @@ class ABF(nn.Module):
         x = self.conv1(x)
         if self.att is not None:
             res = F.interpolate(res, size=x.shape[-2:], mode='nearest')
-            a = self.att(torch.cat([x, res], 1))
+            # `self.att` on the concatenation [x, res], written as two channel contractions: no concatenated copy, and
+            # about half the CPU time of a 2-output 1x1 convolution at full resolution (same weights, same result)
+            w, m = self.att[0].weight.flatten(1), x.shape[1]
+            a = self.att[1](torch.einsum('oc,bchw->bohw', w[:, :m], x) + torch.einsum('oc,bchw->bohw', w[:, m:], res)
+                            + self.att[0].bias[:, None, None])
             x = x * a[:, :1] + res * a[:, 1:]
         if out_size is not None and tuple(x.shape[-2:]) != tuple(out_size): x = F.interpolate(x, size=tuple(out_size), mode='nearest')
         return self.conv2(x), x
@@ -52,7 +56,7 @@ class ReviewKDCallback(FeatureDistillCallback):
     "ReviewKD (Chen et al., CVPR 2021): CE + w x warm-up x HCL(ABF fusion of the student's stages, teacher's pre-ReLU stages)"
     def __init__(self,
                  teacher, # nn.Module, Learner, file path or `FrozenTeacher`
-                 pairs=None, # (student, teacher) stage pairs; None: every stage after the stem (`stage_pairs`)
+                 pairs=None, # (student, teacher) stage pairs; None: every stage after the stem, by resolution when the counts differ (`stage_pairs`)
                  feat_weight=None, # weight w; None: `REVIEWKD_WEIGHTS` for the two zoo names, else 1.0
                  warmup=20, # warm-up epochs (`warmup_factor`: clipped to the fit; 0: none) or a schedule f(pct_train)
                  max_mid:int=512, # ABF mid channels: min(max_mid, the student's pooled channels)
@@ -63,7 +67,7 @@ class ReviewKDCallback(FeatureDistillCallback):
         super().__init__(teacher, pairs, hcl_loss, feat_weight, task_weight, preact='teacher', kd_weight=kd_weight, T=T, **kwargs)
         self.warmup, self.max_mid = warmup, max_mid
 
-    def default_pairs(self, student, teacher): return stage_pairs(student, teacher)
+    def default_pairs(self, student, teacher): return stage_pairs(student, teacher, xb=self.probe_batch)
 
     def pair_weights(self)->list:
         "The one weight of the whole term: `feat_weight`, or the official one of this (teacher, student) pair"

@@ -63,7 +63,7 @@ class PooledFeatureCallback(FeatureDistillCallback):
                  loss_func=None, # feature loss `f(student_vector, teacher_vector)` (or override `feature_loss`)
                  feat_weight:float=1.0, # weight of the feature term
                  ce_weight:float=1.0, # weight of the learner's own loss
-                 kd_alpha:float=0.0, # weight of Hinton's KD term on the logits (0: none)
+                 kd_weight:float=0.0, # weight of Hinton's KD term on the logits (0: none)
                  T:float=4.0, # temperature of the KD term
                  student_point:str|None=None, # module whose input is the student's pooled vector (None: `classifier_input_point`)
                  teacher_point:str|None=None, # module whose input is the teacher's pooled vector (None: automatic)
@@ -71,8 +71,8 @@ class PooledFeatureCallback(FeatureDistillCallback):
                  teacher_arch=None, # architecture when `teacher` is a weights-only file
                 ):
         super().__init__(teacher, None, loss_func, feat_weight=feat_weight, task_weight=ce_weight, adapt='never',
-                         valid_features=valid_metrics, teacher_arch=teacher_arch)
-        store_attr('kd_alpha,T,student_point,teacher_point,valid_metrics')
+                         valid_features=valid_metrics, teacher_arch=teacher_arch, kd_weight=kd_weight, T=T)
+        store_attr('student_point,teacher_point,valid_metrics')
         self.teacher_out = self.kd_term = self.agreement = None
 
     def setup(self):
@@ -113,11 +113,11 @@ class PooledFeatureCallback(FeatureDistillCallback):
             if lin is not None and lin.out_features != o.shape[-1]:
                 raise ValueError(f"The {what}'s last nn.Linear has {lin.out_features} outputs but the {what} predicts {o.shape[-1]} "
                                  f"classes: it is not the classifier. Name the module whose input is the pooled feature with {what}_point='...'.")
-        if self.kd_alpha and t_out.shape != out.shape:
+        if self.kd_weight and t_out.shape != out.shape:
             raise ValueError(f"The KD term needs equal logit shapes: teacher {tuple(t_out.shape)}, student {tuple(out.shape)}.")
         self.make_extras(fs[0], ft[0])
         self.adapters.to(fs[0].device)
-        broadcast_params(self.adapters.parameters())  # under DDP every rank starts from rank 0's modules
+        broadcast_params([*self.adapters.parameters(), *self.adapters.buffers()])  # under DDP every rank starts from rank 0's modules (CRD's banks too)
         opt, added = self.learn.opt, add_params(self.learn.opt, list(self.adapters.parameters()))
         self.on_exit(partial(remove_params, opt, added))
         self._clear()
@@ -132,16 +132,10 @@ class PooledFeatureCallback(FeatureDistillCallback):
         if self.training or self.valid_features: self.t_feats = ft
 
     def after_loss(self):
-        super().after_loss()  # ce_weight x task loss + feature term
+        super().after_loss()  # ce_weight x task loss + feature term + kd_weight x KD (the base's `kd_loss`)
         t = self.teacher_out if self.active else None
-        if t is None or not len(self.yb): return
-        self.agreement = (self.pred.argmax(-1) == t.argmax(-1)).float().mean()
-        if not self.kd_alpha: return
-        kd = soft_target_loss(self.pred, t, T=self.T)
-        self.kd_term = kd.detach()
-        if self.training:
-            self.learn.loss_grad = self.learn.loss_grad + self.kd_alpha * kd
-            self.learn.loss = self.learn.loss_grad.detach().clone()
+        if t is not None and len(self.yb) and self.agreement is None:  # without a KD term: the agreement metric only
+            self.agreement = (self.pred.argmax(-1) == t.argmax(-1)).float().mean()
 
     def _clear(self):
         super()._clear()
@@ -153,13 +147,13 @@ class PooledFeatureCallback(FeatureDistillCallback):
 
 # %% ../nbs/32_rkd.ipynb #cfe5348f
 class RKDCallback(PooledFeatureCallback):
-    "Relational KD (Park et al., CVPR 2019): CE + 1.0 x (25 distance + 50 angle) on the pooled features; + KD with `kd_alpha`"
+    "Relational KD (Park et al., CVPR 2019): CE + 1.0 x (25 distance + 50 angle) on the pooled features; + KD with `kd_weight`"
     def __init__(self,
                  teacher, # nn.Module, Learner, file path or `FrozenTeacher`
                  w_dist:float=25.0, # weight of the distance term
                  w_angle:float=50.0, # weight of the angle term
                  feat_weight:float=1.0, # weight of the RKD term (RepDistiller -b 1)
-                 **kwargs, # `ce_weight`, `kd_alpha` (1 for 'rkd+kd'), `T`, `student_point`, `teacher_point`, `valid_metrics`, `teacher_arch`
+                 **kwargs, # `ce_weight`, `kd_weight` (1 for 'rkd+kd'), `T`, `student_point`, `teacher_point`, `valid_metrics`, `teacher_arch`
                 ):
         super().__init__(teacher, partial(rkd_loss, w_dist=w_dist, w_angle=w_angle), feat_weight=feat_weight, **kwargs)
         store_attr('w_dist,w_angle')

@@ -21,6 +21,7 @@ from kd_fastai.rco import RouteRecorder, RCOCallback
 from kd_fastai.takd import distill_chain
 from kd_fastai.stagewise import fit_stagewise  # noqa: F401
 from kd_fastai.features import fit_hint  # noqa: F401
+from kd_fastai.crd import CRDCallback
 from accelerate import DistributedDataParallelKwargs
 
 torch.set_num_threads(1)
@@ -98,6 +99,12 @@ def more_callbacks(out:Path, res:dict):
     res['stagewise'] = dict(final=state(learn.model), teacher_same=same_teacher(t, before))
     learn, _ = fit_kd([], t, train=lambda l, cbs: l.fit_hint(t, hint='0', guided='0', n_epoch=1, lr=LR, hint_lr=LR, fit='fit', cbs=cbs), **FIND_UNUSED)
     res['hint'] = dict(final=state(learn.model), teacher_same=same_teacher(t, before), hint_loss=learn.hint_loss)
+    # CRD: its heads and memory banks are created per rank with different seeds (rank 0's are broadcast), and every bank
+    # update holds both ranks' items, so after one epoch each rank's banks have all 32 rows updated (unit norm)
+    torch.manual_seed(0); t = teacher()
+    cb = CRDCallback(t, nce_k=4, seed=0)
+    learn, _ = fit_kd([cb], t, seed=20 + rank())
+    res['crd'] = dict(adapters={k: v.clone() for k, v in cb.adapters.state_dict().items()}, final=state(learn.model))
 
 def main(out:Path):
     "Every scenario, in this process (one of 2); rank 0 saves all ranks' results to `out/results.pt`"

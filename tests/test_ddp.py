@@ -139,3 +139,13 @@ def test_other_callbacks_under_ddp(ranks):
     for k in ('chain', 'stagewise', 'hint'): assert r0[k]['teacher_same'] and r1[k]['teacher_same'], k
     for r in (r0, r1): assert 'find_unused_parameters=True' in r['refusal']  # without it: StopAt's clear refusal
     assert r0['hint']['hint_loss'] == r1['hint']['hint_loss']
+
+def test_crd_under_ddp(ranks):
+    "CRD's memory banks and Z agree on both ranks and hold every item of the epoch, whichever rank saw it"
+    c0, c1 = ranks[0]['crd'], ranks[1]['crd']
+    assert same(c0['adapters'], c1['adapters']) and same(c0['final'], c1['final'])
+    for bank in ('crd.bank_s', 'crd.bank_t'):
+        b = c0['adapters'][bank]
+        assert b.shape == (32, 128)
+        torch.testing.assert_close(b.norm(dim=1), torch.ones(32))          # all 32 rows updated (a row never updated is not unit norm)
+    assert (c0['adapters']['crd.z'] > 0).all()

@@ -5,6 +5,7 @@ import pytest
 import torch
 from fastai.vision.all import Normalize, Learner, load_learner, accuracy, aug_transforms, vision_learner, resnet18, get_image_files
 from kd_fastai.all import *
+from fastai.callback.core import Callback
 from kd_fastai.test_utils import write_png_folder, folder_dls
 
 
@@ -46,3 +47,24 @@ def test_feature_method_vision_learner(folder, method):
     learn = vision_learner(dls, resnet18, pretrained=False, n_in=1, path=d)
     with learn.no_bar(), learn.no_logging(): learn.distill(teacher, 1, 1e-3, method=method)
     _check(learn, teacher, before, d, f'vl_{method}')
+
+
+@pytest.mark.parametrize('method', ['ofd+kd', 'reviewkd'])
+def test_efficientnet_student_pairs_by_resolution(folder, method):
+    "Seed 004's EfficientNet-B0 student (7 stages) from a 3-stage teacher: each teacher stage meets the student's last stage of its size"
+    d, dls = folder
+    teacher = zoo_model('cifar_resnet14', in_channels=1, num_classes=3)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    learn = Learner(dls, zoo_model('efficientnet_b0', in_channels=1, num_classes=3), metrics=accuracy, path=d)
+    grab = GrabCallback()
+    with learn.no_bar(), learn.no_logging(): learn.distill(teacher, 1, 1e-3, method=method, cbs=grab)
+    assert grab.pairs == [('layer1', 'layer1'), ('layer2', 'layer2'), ('layer3', 'layer3')]  # 16x16, 8x8, 4x4 (size 16 input)
+    _check(learn, teacher, before, d, f'eff_{method.replace("+", "_")}')
+
+
+class GrabCallback(Callback):
+    "The feature method's pairs, read during the fit"
+    order = 100
+    def before_train(self):
+        cb = next(c for c in self.learn.cbs if hasattr(c, 'pairs') and hasattr(c, 'adapters'))
+        self.pairs = [tuple(p) for p in cb.pairs]
