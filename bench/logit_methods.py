@@ -156,6 +156,15 @@ def run(args, log=lambda s: print(s, flush=True), save=lambda rows: None):
     return pd.DataFrame(rows)
 
 
+def join_runs(frames):
+    "The per-seed rows of runs split over processes: each (pair, method, seed) once (a pair's teacher is in every run), teacher first"
+    df = pd.concat(frames, ignore_index=True).drop_duplicates(['pair', 'method', 'seed'])
+    rank = {m: i for i, m in enumerate(['teacher', *METHODS])}
+    pairs = {p: i for i, p in enumerate(dict.fromkeys(df.pair))}
+    key = df.apply(lambda r: (pairs[r.pair], rank.get(r.method.split(' ')[0], len(rank)), r.seed), axis=1)
+    return df.iloc[sorted(range(len(df)), key=lambda i: key.iloc[i])].reset_index(drop=True)
+
+
 def summarize(df):
     "Mean ± std of the test accuracy per pair and method"
     out = []
@@ -171,7 +180,7 @@ def main(argv=None, defaults=None, script='bench/logit_methods.py'):
     out = Path(args.out) if args.out else None
     if out: out.parent.mkdir(parents=True, exist_ok=True)
     save = (lambda rows: pd.DataFrame(rows).to_csv(out.with_suffix('.csv'), index=False)) if out else (lambda rows: None)
-    if args.from_csv: df = pd.concat([pd.read_csv(f) for f in args.from_csv], ignore_index=True)
+    if args.from_csv: df = join_runs([pd.read_csv(f) for f in args.from_csv])
     cmd = f'python {script} ' + ' '.join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     if not args.from_csv: df = run(args, save=lambda rows: save([dict(r, command=cmd) for r in rows]))
     table = summarize(df)
