@@ -13,12 +13,19 @@ from .experiments import to_markdown
 
 # %% auto #0
 __all__ = ['STAGEWISE_TEACHER', 'PROTOCOL_FINAL_TEST', 'PROTOCOL_BEST_LOSS', 'PROTOCOL_BEST_ACC', 'RESULT_SCHEMAS',
-           'IGNORED_RESULTS', 'method_name', 'read_kd_results', 'read_selfkd', 'read_stagewise', 'read_takd_rco',
-           'read_method_seeds', 'schema_of', 'read_result', 'result_files', 'paired_gain', 'leaderboard',
-           'leaderboard_markdown', 'plot_leaderboard']
+           'IGNORED_RESULTS', 'method_names', 'method_name', 'read_kd_results', 'read_selfkd', 'read_stagewise',
+           'read_takd_rco', 'read_method_seeds', 'schema_of', 'read_result', 'result_files', 'paired_gain',
+           'leaderboard', 'leaderboard_markdown', 'plot_leaderboard']
 
 # %% ../nbs/05a_leaderboard.ipynb #5ef64601
 _ALIASES = {'no teacher': 'baseline', 'kd from the teacher': 'KD'}  # lower-case short name -> leaderboard name
+
+def method_names(labels, groups=None)->list:
+    "`method_name` of each label, except labels of one group that would share a name with another label: those stay whole"
+    labels, groups = list(map(str, labels)), list(groups) if groups is not None else [None] * len(labels)
+    seen = {}
+    for g, l in zip(groups, labels): seen.setdefault((g, method_name(l)), set()).add(l)
+    return [method_name(l) if len(seen[g, method_name(l)]) == 1 else l for g, l in zip(groups, labels)]
 
 def method_name(label)->str:
     "Short method name: text in parentheses and commas dropped, 'no teacher' -> 'baseline'"
@@ -94,8 +101,8 @@ def read_takd_rco(df, name, path=None):
 def read_method_seeds(df, name, path=None):
     "Per-seed rows of the method benchmarks (`bench/logit_methods.py` and the same schema), one setting per pair"
     runs = pd.DataFrame(dict(setting=[f"{name} ({p})" for p in df.pair], teacher=[str(p).split(':')[0] for p in df.pair],
-                             model=df.model, method=df.method.map(method_name), seed=df.seed, acc=df.test_acc * 100,
-                             params=df.params, sec=df.sec_per_epoch))
+                             model=df.model, method=method_names(df.method, df.pair.astype(str) + ' ' + df.model.astype(str)),
+                             seed=df.seed, acc=df.test_acc * 100, params=df.params, sec=df.sec_per_epoch))
     return _summarize(runs)
 
 # %% ../nbs/05a_leaderboard.ipynb #c6a98ecd
