@@ -295,11 +295,15 @@ class FeatureDistillCallback(FitScopedCallback):
         self._dry = True
         try: self.make_connectors(fs, ft)
         finally: self._dry = False
-        self.adapters.to(fs[0].device)
-        broadcast_params([*self.adapters.parameters(), *self.adapters.buffers()])  # under DDP every rank starts from rank 0's connectors
+        self.join_optimizer(fs[0].device)
+        self._clear()
+
+    def join_optimizer(self, device):
+        "Put the connectors on `device`, equal on every rank (DDP: rank 0's), into the optimizer until the fit ends"
+        self.adapters.to(device)
+        broadcast_params([*self.adapters.parameters(), *self.adapters.buffers()])  # buffers too (BatchNorm statistics, CRD's banks)
         opt, added = self.learn.opt, add_params(self.learn.opt, list(self.adapters.parameters()))
         self.on_exit(partial(remove_params, opt, added))
-        self._clear()
 
     def before_batch(self):
         if not self.active: return

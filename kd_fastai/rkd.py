@@ -10,8 +10,8 @@ from torch import nn
 from fastcore.basics import store_attr
 from .losses import rkd_loss, soft_target_loss
 from .teacher import first_output
-from .ddp import unwrap_model, broadcast_params
-from .features import FeatureDistillCallback, find_module, add_params, remove_params
+from .ddp import unwrap_model
+from .features import FeatureDistillCallback, find_module
 
 # %% auto #0
 __all__ = ['classifier_input_point', 'InputHook', 'PooledFeatureCallback', 'RKDCallback']
@@ -116,10 +116,7 @@ class PooledFeatureCallback(FeatureDistillCallback):
         if self.kd_weight and t_out.shape != out.shape:
             raise ValueError(f"The KD term needs equal logit shapes: teacher {tuple(t_out.shape)}, student {tuple(out.shape)}.")
         self.make_extras(fs[0], ft[0])
-        self.adapters.to(fs[0].device)
-        broadcast_params([*self.adapters.parameters(), *self.adapters.buffers()])  # under DDP every rank starts from rank 0's modules (CRD's banks too)
-        opt, added = self.learn.opt, add_params(self.learn.opt, list(self.adapters.parameters()))
-        self.on_exit(partial(remove_params, opt, added))
+        self.join_optimizer(fs[0].device)
         self._clear()
 
     def before_batch(self):
