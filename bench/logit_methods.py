@@ -13,6 +13,11 @@ same rule) and reused from `--teachers`. Every method uses the authors' defaults
     python bench/logit_methods.py --pairs vgg13:vgg8 cifar_resnet56:cifar_resnet20 --seeds 3 --epochs 8 --fraction 0.06 --teacher-fraction 0.15 --teacher-epochs 6 --threads 2
     python bench/logit_methods.py --fraction 0.02 --epochs 1 --teacher-epochs 1 --seeds 1 --out /tmp/lm_smoke   # a smoke test
 
+`--shipped-teachers` takes the pairs' teachers from the package (`kd_fastai.pretrained`, trained on all the data), so
+runs made on different machines share one teacher; `--resume` then continues an interrupted table from its CSV:
+
+    python bench/logit_methods.py --pairs cifar_resnet56:cifar_resnet20 --shipped-teachers --epochs 20 --fraction 0.06 --resume --out results/logit_methods_patient
+
 `--methods` also takes the feature methods (`bench/feature_methods.py` runs those by default).
 """
 import argparse, json, shlex, sys, tempfile, time
@@ -57,7 +62,12 @@ def parse_args(argv=None, defaults=None):
     p.add_argument('--no-cache', dest='cache', action='store_false', help='run the teacher at every step for every method')
     p.add_argument('--lr', type=float, default=1e-2, help='max learning rate of fit_one_cycle')
     p.add_argument('--threads', type=int, default=1, help='torch CPU threads')
-    p.add_argument('--teachers', default='kd_runs/teachers', help='folder of the trained teachers (reused)')
+    p.add_argument('--teachers', default='kd_runs/teachers', help='folder of the trained teachers (reused) and their caches')
+    p.add_argument('--shipped-teachers', action='store_true',
+                   help="the pairs' teachers are kd_fastai's shipped teachers (`pretrained_teacher(NAME)`, trained on all "
+                        "60,000 images, held-out ones included): nothing is trained, and runs on other machines use the same teacher")
+    p.add_argument('--resume', action='store_true',
+                   help='keep the rows of OUT.csv written by the same command (without --resume) and run only the missing ones')
     p.add_argument('--out', default='results/logit_methods', help='writes OUT.md and OUT.csv (the CSV after every run); empty: no files')
     p.add_argument('--method-args', type=json.loads, default=None, help='JSON arguments for every distillation method, e.g. \'{"alpha": 0.5}\'')
     p.add_argument('--label-suffix', default='', help='appended to the method names in the table, e.g. " (alpha=0.5)"')
@@ -103,8 +113,23 @@ def train(dls, name, epochs, lr, seed, teacher=None, method=None, **method_kwarg
                              params=count_parameters(learn.model))
 
 
+def shipped_teacher(dls, name, log):
+    "kd_fastai's shipped teacher `name`, its test accuracy measured here (it must match the index)"
+    from kd_fastai.pretrained import pretrained_teacher
+    model = pretrained_teacher(name)
+    info = model.pretrained_info
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy)
+    with learn.no_bar(), learn.no_logging(): acc = float(learn.validate(dl=dls[2])[1])
+    if abs(acc - info['test_acc']) > 2e-3:
+        raise RuntimeError(f"The shipped teacher {name!r} scores {acc:.4f} on the test set here, its index says {info['test_acc']}.")
+    log(f"teacher {name}: shipped, {acc*100:.2f}% test ({info['epochs']} epochs on {info['train_images']} images, sha256 {info['sha256'][:12]})")
+    rec = dict(best_epoch=info['epochs'], heldout_acc=float('nan'), test_acc=acc, sec_per_epoch=float('nan'), params=info['params'])
+    return model.eval(), rec, Path(f"shipped_{name}_{info['sha256'][:12]}")
+
+
 def get_teacher(args, dls, name, log):
-    "A teacher trained once (seed 0) and saved, or loaded"
+    "A teacher trained once (seed 0) and saved, or loaded; or the shipped one (`--shipped-teachers`)"
+    if args.shipped_teachers: return shipped_teacher(dls, name, log)
     e = args.teacher_epochs or args.epochs
     tf = args.teacher_fraction if args.teacher_fraction and args.teacher_fraction > args.fraction else args.fraction
     f = Path(args.teachers)/f'{name}_f{args.fraction}_t{tf}_h{args.holdout}_e{e}{"_aug" if args.augment else ""}.pth'
@@ -135,24 +160,30 @@ def cache_kwargs(args, method, teacher_file):
                 cache_kwargs=dict(views=args.views, verbose=False) if args.augment else dict(verbose=False))
 
 
-def run(args, log=lambda s: print(s, flush=True), save=lambda rows: None):
+def run(args, log=lambda s: print(s, flush=True), save=lambda rows: None, done=()):
+    "Every (pair, seed, method) run but those in `done` (the rows of an interrupted run of the same command, kept first)"
     torch.set_num_threads(args.threads)
     dls, tdls, sizes = make_data(args.fraction, args.holdout, args.bs, args.augment, args.teacher_fraction)
-    log(f"{sizes[0]} training images, {sizes[1]} held out, {sizes[2]} test; teachers train on {sizes[3]} images")
-    rows = []
+    log(f"{sizes[0]} training images, {sizes[1]} held out, {sizes[2]} test; "
+        + ("shipped teachers" if args.shipped_teachers else f"teachers train on {sizes[3]} images"))
+    rows = [dict(r) for r in done]
+    have = {(r['pair'], r['method'], r['seed']) for r in rows}
+    if have: log(f"resuming: {len(have)} rows kept")
     for pair in args.pairs:
         tname, sname = pair.split(':')
+        todo = [(seed, label) for seed in range(args.seeds) for label in args.methods
+                if (pair, label + (args.label_suffix if METHODS[label] else ''), seed) not in have]
+        if not todo: continue
         teacher, trec, tfile = get_teacher(args, tdls, tname, log)
-        rows.append(dict(pair=pair, model=tname, method='teacher', seed=0, **trec))
-        for seed in range(args.seeds):
-            for label in args.methods:
-                m = METHODS[label]
-                kw = {} if m is None else {**pair_kwargs(m, tname, sname), **cache_kwargs(args, m, tfile), **(args.method_args or {})}
-                _, rec = train(dls, sname, args.epochs, args.lr, seed, teacher, m, **kw)
-                rows.append(dict(pair=pair, model=sname, method=label + (args.label_suffix if m else ''), seed=seed, cached=bool(kw.get('cache_path')), **rec))
-                save(rows)
-                log(f"{pair} seed {seed} {label:8s} test {rec['test_acc']*100:.2f}% (held-out {rec['heldout_acc']*100:.2f}%, "
-                    f"best epoch {rec['best_epoch']}, {rec['sec_per_epoch']:.1f} s/epoch)")
+        if (pair, 'teacher', 0) not in have: rows.append(dict(pair=pair, model=tname, method='teacher', seed=0, **trec))
+        for seed, label in todo:
+            m = METHODS[label]
+            kw = {} if m is None else {**pair_kwargs(m, tname, sname), **cache_kwargs(args, m, tfile), **(args.method_args or {})}
+            _, rec = train(dls, sname, args.epochs, args.lr, seed, teacher, m, **kw)
+            rows.append(dict(pair=pair, model=sname, method=label + (args.label_suffix if m else ''), seed=seed, cached=bool(kw.get('cache_path')), **rec))
+            save(rows)
+            log(f"{pair} seed {seed} {label:8s} test {rec['test_acc']*100:.2f}% (held-out {rec['heldout_acc']*100:.2f}%, "
+                f"best epoch {rec['best_epoch']}, {rec['sec_per_epoch']:.1f} s/epoch)")
     return pd.DataFrame(rows)
 
 
@@ -163,6 +194,23 @@ def join_runs(frames):
     pairs = {p: i for i, p in enumerate(dict.fromkeys(df.pair))}
     key = df.apply(lambda r: (pairs[r.pair], rank.get(r.method.split(' ')[0], len(rank)), r.seed), axis=1)
     return df.iloc[sorted(range(len(df)), key=lambda i: key.iloc[i])].reset_index(drop=True)
+
+
+SELECTION = {'methods', 'seeds', 'resume', 'threads', 'out'}  # arguments that pick runs, not how a run goes
+
+
+def resumable_rows(csv, args, defaults=None)->list:
+    "The rows of `csv` if its command ran the same protocol as `args` (methods, seeds, threads may differ)"
+    if not csv.exists(): return []
+    df = pd.read_csv(csv)
+    protocol = lambda a: {k: v for k, v in vars(a).items() if k not in SELECTION}
+    for c in df['command'].dropna().unique():
+        old = parse_args(shlex.split(c)[2:], defaults)
+        diff = {k: (v, protocol(args)[k]) for k, v in protocol(old).items() if protocol(args)[k] != v}
+        if diff: raise ValueError(f"{csv} holds runs of another protocol ({', '.join(f'{k}: {o!r} there, {n!r} here' for k, (o, n) in diff.items())}); "
+                                  "--resume continues only runs of the same protocol (--methods, --seeds, --threads may change). "
+                                  "Use another --out, or remove the file.")
+    return df.to_dict('records')
 
 
 def summarize(df):
@@ -182,20 +230,25 @@ def main(argv=None, defaults=None, script='bench/logit_methods.py'):
     save = (lambda rows: pd.DataFrame(rows).to_csv(out.with_suffix('.csv'), index=False)) if out else (lambda rows: None)
     if args.from_csv: df = join_runs([pd.read_csv(f) for f in args.from_csv])
     cmd = f'python {script} ' + ' '.join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    if not args.from_csv: df = run(args, save=lambda rows: save([dict(r, command=cmd) for r in rows]))
+    if not args.from_csv:
+        done = resumable_rows(out.with_suffix('.csv'), args, defaults) if args.resume and out else []
+        df = join_runs([run(args, save=lambda rows: save([dict(r, command=r.get('command', cmd)) for r in rows]), done=done)])
     table = summarize(df)
     print(table.to_string(index=False))
     if out:
-        if 'command' not in df: df['command'] = cmd
+        df['command'] = df['command'].fillna(cmd) if 'command' in df else cmd
         df.to_csv(out.with_suffix('.csv'), index=False)
-        runs = '' if not args.from_csv else 'Runs: ' + ', '.join(f"`{c}`" for c in df['command'].dropna().unique()) + '\n\n'
+        runs = '' if df['command'].nunique() <= 1 else 'Runs: ' + ', '.join(f"`{c}`" for c in df['command'].dropna().unique()) + '\n\n'
         md = (f"# {args.title}\n\nCommand: `{cmd}`\n\n{runs}"
               f"{args.epochs} epochs (one-cycle, max lr {args.lr}, batch {args.bs}, "
               f"{'random crop + flip' if args.augment else 'no augmentation'}), {args.fraction} of the training set, "
               f"{args.holdout} of it held out to pick each run's best epoch; accuracy on the 10,000 test images at that "
-              "epoch, mean ± std over seeds 0..n-1. Teachers: seed 0, same held-out rule, "
-              f"{args.teacher_epochs or args.epochs} epochs on {args.teacher_fraction or args.fraction} of the training set "
-              "(the students' images included, their held-out images excluded). "
+              "epoch, mean ± std over seeds 0..n-1. "
+              + ("Teachers: kd_fastai's shipped teachers (`pretrained_teacher`, trained on all 60,000 training images, the "
+                 "students' held-out images included; their row gives the index's epochs). " if args.shipped_teachers else
+                 f"Teachers: seed 0, same held-out rule, {args.teacher_epochs or args.epochs} epochs on "
+                 f"{args.teacher_fraction or args.fraction} of the training set (the students' images included, their "
+                 "held-out images excluded). ")
               + (f"Teacher-output cache ({args.views} views per item) for the logit methods but MLKD and SDD; the feature "
                  "methods, MLKD and SDD run the teacher at every step." if args.cache else "No cache.")
               + "\n\n"

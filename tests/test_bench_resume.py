@@ -1,0 +1,39 @@
+"""bench/logit_methods.py's --resume: an interrupted or extended table runs only its missing (pair, method, seed) runs,
+and refuses a CSV written under another protocol. Training is replaced by a stub that records its calls."""
+import sys
+from pathlib import Path
+import pandas as pd
+import pytest
+sys.path.insert(0, str(Path(__file__).parents[1]/'bench'))
+import logit_methods as lm
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    done = []
+    def train(dls, name, epochs, lr, seed, teacher=None, method=None, **kw):
+        done.append((method, seed))
+        return None, dict(best_epoch=epochs, heldout_acc=0.5, test_acc=0.6 + 0.01 * seed, sec_per_epoch=1.0, params=10)
+    teacher = lambda args, dls, name, log: (None, dict(best_epoch=1, heldout_acc=0.9, test_acc=0.9, sec_per_epoch=1.0, params=99), Path('t.pth'))
+    monkeypatch.setattr(lm, 'train', train)
+    monkeypatch.setattr(lm, 'get_teacher', teacher)
+    monkeypatch.setattr(lm, 'make_data', lambda *a, **k: (None, None, (1, 1, 1, 1)))
+    return done
+
+
+def test_resume_runs_only_missing_rows(tmp_path, calls):
+    out = str(tmp_path/'table')
+    base = ['--pairs', 'a:b', '--epochs', '2', '--out', out, '--no-cache']
+    lm.main(base + ['--methods', 'baseline', 'KD', '--seeds', '1'])
+    assert calls == [(None, 0), ('kd', 0)]
+    calls.clear()
+    lm.main(base + ['--methods', 'baseline', 'KD', 'DKD', '--seeds', '2', '--resume'])
+    assert calls == [('dkd', 0), (None, 1), ('kd', 1), ('dkd', 1)]   # seed 0's baseline and KD are kept
+    df = pd.read_csv(out + '.csv')
+    assert len(df) == 7 and list(df.method[:1]) == ['teacher'] and (df.method == 'teacher').sum() == 1
+    assert df.command.nunique() == 2 and 'Runs:' in Path(out + '.md').read_text()
+    calls.clear()
+    lm.main(base + ['--methods', 'baseline', 'KD', 'DKD', '--seeds', '2', '--resume'])
+    assert calls == []                                                   # nothing left to run
+    with pytest.raises(ValueError, match='epochs: 2 there, 3 here'):    # another protocol: refused
+        lm.main(['--pairs', 'a:b', '--epochs', '3', '--out', out, '--no-cache', '--resume'])
