@@ -20,7 +20,7 @@ from fastai.learner import Learner, load_learner
 from .data import _synthetic_images
 
 # %% auto #0
-__all__ = ['small_net', 'write_png_folder', 'folder_dls', 'RaiseAt', 'check_lifecycle']
+__all__ = ['HOOK_DICTS', 'small_net', 'write_png_folder', 'folder_dls', 'RaiseAt', 'check_lifecycle']
 
 # %% ../nbs/00a_test_utils.ipynb #c01b2699
 def small_net(n_classes:int=3, width:int=8, in_channels:int=1)->nn.Sequential:
@@ -58,13 +58,16 @@ class RaiseAt(Callback):
     def after_batch(self):
         if self.training and self.epoch == 0 and self.iter == self.batch: raise self.exc
 
+HOOK_DICTS = ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks', '_backward_pre_hooks')  # a module's hook tables
+
 def check_lifecycle(make_cb, # () -> a fresh callback of the method under test
                     make_student, # () -> a fresh student model
                     teacher:nn.Module, # the teacher the callback holds (checked unchanged: mode, grads, hooks)
                     attr:str, # the callback's name on the learner, e.g. 'kd' for `KDCallback`
                     rgb:bool=False, size:int=8):
     "Restore after cancel/error (attached and per fit), plain inference, export -> load_learner -> predict"
-    def teacher_ok(): return teacher.training and all(p.requires_grad for p in teacher.parameters()) and not teacher._forward_hooks
+    def no_hooks(m): return not any(getattr(x, h) for x in m.modules() for h in HOOK_DICTS)  # hooks of any kind, any depth
+    def teacher_ok(): return teacher.training and all(p.requires_grad for p in teacher.parameters()) and no_hooks(teacher)
     with tempfile.TemporaryDirectory() as d:
         fdls = folder_dls(write_png_folder(d, n_train=22, n_valid=11, size=size, rgb=rgb), bs=16, rgb=rgb,
                           batch_tfms=Normalize.from_stats([0.5], [0.25]))
@@ -76,7 +79,7 @@ def check_lifecycle(make_cb, # () -> a fresh callback of the method under test
                     try: learn.fit(1, 1e-3, cbs=[RaiseAt(exc)] + ([] if attached else [cb]))
                     except RuntimeError: pass
                 assert teacher_ok() and not cb.active and learn.model is model, (exc, attached)
-                assert all(not m._forward_hooks for m in model.modules()), (exc, attached)
+                assert no_hooks(model), (exc, attached)
         learn = Learner(fdls, make_student(), path=d, cbs=make_cb())
         item = get_image_files(Path(d)/'valid')[0]
         with learn.no_bar():
