@@ -13,7 +13,7 @@ from .models import zoo_model, count_parameters
 
 # %% auto #0
 __all__ = ['WEIGHTS_DIR', 'INDEX_NAME', 'file_fingerprint', 'pretrained_names', 'pretrained_info', 'pretrained_teacher',
-           'train_pretrained', 'save_pretrained']
+           'train_pretrained', 'half_state', 'update_index', 'save_pretrained']
 
 # %% ../nbs/03c_pretrained.ipynb #06d49a7b
 WEIGHTS_DIR = Path(kd_fastai.__file__).parent/'weights'  # the shipped teachers and their index
@@ -63,7 +63,8 @@ def pretrained_teacher(name:str, # a name of `pretrained_names()`, e.g. 'model_1
 def train_pretrained(arch:str, # zoo name of the architecture
                      dls, # fastai DataLoaders: the training images, and a validation set (measured, never used to pick)
                      epochs:int, lr:float=1e-2, seed:int=0, # one-cycle schedule
-                     progress:bool=True):
+                     progress:bool=True,
+                     cbs=None): # more callbacks for the fit, e.g. a `RouteRecorder` (its checkpoints can ship: `ship_route`)
     "Train `arch` with fastai's one-cycle schedule; returns the `Learner` with the weights of its last epoch"
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
@@ -73,10 +74,20 @@ def train_pretrained(arch:str, # zoo name of the architecture
     set_seed(seed, reproducible=True)
     x, _ = dls.one_batch()
     learn = Learner(dls, zoo_model(arch, in_channels=x.shape[1], num_classes=dls.c), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
-    if progress: learn.fit_one_cycle(epochs, lr)
+    if progress: learn.fit_one_cycle(epochs, lr, cbs=cbs)
     else:
-        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
+        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr, cbs=cbs)
     return learn
+
+def half_state(state:dict)->dict:
+    "A state dict on the CPU with its floating-point tensors in fp16: how shipped weights are stored"
+    return {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu() for k, v in state.items()}
+
+def update_index(name:str, fields:dict, folder=None):
+    "Add `fields` to the index entry of the shipped teacher `name` (created if new)"
+    folder = Path(folder or WEIGHTS_DIR)
+    idx = _index(folder); idx[name] = {**idx.get(name, {}), **fields}
+    (folder/INDEX_NAME).write_text(json.dumps(idx, indent=1, sort_keys=True) + '\n')
 
 def save_pretrained(model:nn.Module, name:str, # the trained model and its shipped name
                     record:dict, # what to keep in the index: test_acc, epochs, command, ... (JSON-able)
@@ -86,14 +97,13 @@ def save_pretrained(model:nn.Module, name:str, # the trained model and its shipp
     folder = Path(folder or WEIGHTS_DIR); folder.mkdir(parents=True, exist_ok=True)
     arch = getattr(model, 'name', None)
     if arch is None: raise ValueError("save_pretrained ships zoo models only (built with zoo_model, which sets `model.name`).")
-    state = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu() for k, v in model.state_dict().items()}
     f = folder/f'{name}.pth'
-    torch.save(state, f)
+    torch.save(half_state(model.state_dict()), f)
     first = next(v for k, v in model.state_dict().items() if k.endswith('weight') and v.dim() == 4)
     last = [v for k, v in model.state_dict().items() if k.endswith('weight') and v.dim() == 2][-1]
     entry = dict(arch=arch, file=f.name, in_channels=first.shape[1], num_classes=last.shape[0],
                  params=count_parameters(model), dtype='float16', sha256=file_fingerprint(f),
                  date=time.strftime('%Y-%m-%d'), **record)
-    idx = _index(folder); idx[name] = entry
+    idx = _index(folder); idx[name] = entry  # a new entry: nothing of an earlier one (e.g. its route) is kept
     (folder/INDEX_NAME).write_text(json.dumps(idx, indent=1, sort_keys=True) + '\n')
     return f

@@ -17,9 +17,10 @@ from .teacher import FrozenTeacher, as_module, first_output
 from .kd import KDCallback
 from .restore import FitScopedCallback
 from .ddp import unwrap_model, is_rank0, barrier, plain_dl
+from .pretrained import WEIGHTS_DIR, pretrained_info, pretrained_names, half_state, update_index, file_fingerprint
 
 # %% auto #0
-__all__ = ['MANIFEST', 'load_anchor', 'Route', 'RouteRecorder', 'equal_schedule', 'RCOCallback']
+__all__ = ['MANIFEST', 'load_anchor', 'Route', 'RouteRecorder', 'equal_schedule', 'RCOCallback', 'ship_route', 'pretrained_route']
 
 # %% ../nbs/11_rco.ipynb #e81751f6
 def load_anchor(file)->dict:
@@ -364,3 +365,41 @@ class RCOCallback(KDCallback):
             tmp = self.state_file.with_name(self.state_file.name + '.tmp')
             tmp.write_text(json.dumps(dict(schedule=self.schedule, files=self.files, history=self.history), indent=1))
             os.replace(tmp, self.state_file)
+
+# %% ../nbs/11_rco.ipynb #35ce6a38
+def ship_route(route:Route, # the route the teacher was trained along (e.g. `RouteRecorder.route`), last anchor = its final epoch
+               name:str, # the shipped teacher it belongs to (`save_pretrained` first)
+               folder=None, # default: the package's `weights/`
+              )->list:
+    "Store `route`'s anchors in fp16 beside the shipped teacher `name` and list them in the index; returns the files written"
+    folder, info = Path(folder or WEIGHTS_DIR), pretrained_info(name, folder)
+    if route.epochs[-1] != info['epochs']:
+        raise ValueError(f"The route ends at epoch {route.epochs[-1]} but the shipped teacher {name!r} was trained for "
+                         f"{info['epochs']} epochs: ship the route of the run that made the teacher (final anchor = teacher).")
+    files = []
+    for i, epoch in enumerate(route.epochs[:-1]):
+        f = folder/f'{name}_route_e{epoch:03d}.pth'
+        torch.save(half_state(route.load(i)), f); files.append(f)
+    update_index(name, dict(route=dict(epochs=list(route.epochs), accuracies=list(route.accuracies),
+                                       files=[f.name for f in files] + [info['file']],
+                                       sha256=[file_fingerprint(f) for f in files] + [info['sha256']])), folder)
+    return files
+
+def pretrained_route(name:str, # a shipped teacher with a route, e.g. 'model_340k_wo_dw'
+                     folder=None, # default: the package's `weights/`
+                    )->Route:
+    "The shipped route of the shipped teacher `name` (fp16 anchors, fingerprints checked), ready for `RCOCallback`"
+    folder, info = Path(folder or WEIGHTS_DIR), pretrained_info(name, folder)
+    r = info.get('route')
+    if r is None:
+        have = [n for n in pretrained_names(folder) if 'route' in pretrained_info(n, folder)]
+        raise KeyError(f"The shipped teacher {name!r} has no route. Shipped teachers with one: {', '.join(have) or 'none'}. "
+                       "Record your own teacher's with RouteRecorder.")
+    for fn, sha in zip(r['files'], r['sha256']):
+        f = folder/fn
+        if not f.is_file(): raise FileNotFoundError(f"Route anchor {f} of the shipped teacher {name!r} is missing: reinstall "
+                                                    f"kd_fastai, or rebuild it with: {info['command']}")
+        if file_fingerprint(f) != sha: raise ValueError(f"Route anchor {f} does not match its fingerprint (changed or damaged): "
+                                                        f"rebuild it with: {info['command']}")
+    return Route.from_files([folder/f for f in r['files']], r['epochs'], r['accuracies'], arch=info['arch'],
+                            arch_kwargs=dict(in_channels=info['in_channels'], num_classes=info['num_classes']))
