@@ -18,7 +18,9 @@ runs made on different machines share one teacher; `--resume` then continues an 
 
     python bench/logit_methods.py --pairs cifar_resnet56:cifar_resnet20 --shipped-teachers --epochs 20 --fraction 0.06 --resume --out results/logit_methods_patient
 
-`--methods` also takes the feature methods (`bench/feature_methods.py` runs those by default).
+`--methods` also takes the feature methods (`bench/feature_methods.py` runs those by default) and whole training
+recipes (`RECIPES`: TAKD with `--assistant`, RCO equal and greedy from a shipped teacher's route, CS-KD, Tf-KD self and
+virtual teacher; `bench/patient.py` runs those on all the data).
 """
 import argparse, json, shlex, sys, tempfile, time
 from pathlib import Path
@@ -30,6 +32,7 @@ from fastai.metrics import accuracy
 from fastai.torch_core import set_seed, default_device
 from kd_fastai.data import load_fashion_mnist, stratified_split, TensorImageData, tensor_image_dls, FMNIST_MEAN, FMNIST_STD, FMNIST_CLASSES
 from kd_fastai.takd import BestWeights
+from kd_fastai.rco import RCOCallback
 from kd_fastai.methods import UNCACHED, METHODS as LIBRARY_METHODS, is_feature_method
 from kd_fastai.models import zoo_model, count_parameters
 from kd_fastai.dkd import DKD_BETAS
@@ -40,7 +43,8 @@ LOGIT_METHODS = {'baseline': None, 'KD': 'kd', 'KD+LS': 'kd+ls', 'DKD': 'dkd', '
                  'MLKD': 'mlkd', 'SDD': 'sdd', 'CLKD': 'clkd'}  # table name -> `distill(method=...)`
 FEATURE_METHODS = {'FitNet': 'fitnet', 'AT': 'at', 'RKD': 'rkd', 'CRD': 'crd', 'CRD+KD': 'crd+kd', 'OFD': 'ofd',
                    'OFD+KD': 'ofd+kd', 'ReviewKD': 'reviewkd'}  # bench/feature_methods.py's rows (no cache: they need feature maps)
-METHODS = {**LOGIT_METHODS, **FEATURE_METHODS}
+RECIPES = ('TAKD', 'RCO', 'RCO greedy', 'CS-KD', 'Tf-KD self', 'Tf-KD virtual')  # whole training recipes (`recipe_callbacks`)
+METHODS = {**LOGIT_METHODS, **FEATURE_METHODS, **{r: r for r in RECIPES}}
 FEATURE_KEYS = {k for k, v in LIBRARY_METHODS.items() if is_feature_method(v[0])}  # no cache: they need the teacher's feature maps
 
 
@@ -66,9 +70,11 @@ def parse_args(argv=None, defaults=None):
     p.add_argument('--shipped-teachers', action='store_true',
                    help="the pairs' teachers are kd_fastai's shipped teachers (`pretrained_teacher(NAME)`, trained on all "
                         "60,000 images, held-out ones included): nothing is trained, and runs on other machines use the same teacher")
+    p.add_argument('--shipped-folder', default=None, help="folder of the shipped teachers' weights and index (default: the package's)")
     p.add_argument('--resume', action='store_true',
                    help='keep the rows of OUT.csv written by the same command (without --resume) and run only the missing ones')
     p.add_argument('--out', default='results/logit_methods', help='writes OUT.md and OUT.csv (the CSV after every run); empty: no files')
+    p.add_argument('--assistant', default=None, help='zoo name of the TAKD assistant (distilled once from the teacher, seed 0, same protocol)')
     p.add_argument('--method-args', type=json.loads, default=None, help='JSON arguments for every distillation method, e.g. \'{"alpha": 0.5}\'')
     p.add_argument('--label-suffix', default='', help='appended to the method names in the table, e.g. " (alpha=0.5)"')
     p.add_argument('--from-csv', nargs='+', default=None, metavar='CSV',
@@ -98,25 +104,74 @@ def make_data(fraction, holdout, bs, augment, teacher_fraction=None):
     return dls, tdls or dls, (len(train), len(held), len(yv), len(tdls.train_ds) if tdls else len(train))
 
 
-def train(dls, name, epochs, lr, seed, teacher=None, method=None, **method_kwargs):
-    "One run: returns (model, record) with the test accuracy (`dls[2]`) of its best held-out epoch"
+def train(dls, name, epochs, lr, seed, teacher=None, method=None, cbs=(), **method_kwargs):
+    """One run: returns (model, record) with the test accuracy (`dls[2]`) of its best held-out epoch; `method`: a
+    `distill(method=...)` name, or None for `fit_one_cycle` with the callbacks `cbs` (the student alone, or a recipe)"""
     set_seed(seed, reproducible=True)
     learn = Learner(dls, zoo_model(name, in_channels=1, num_classes=10), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
     best = BestWeights(monitor='accuracy', fname=f'best_{name}')
     t0 = time.perf_counter()
     with learn.no_bar(), learn.no_logging():
-        if method is None: learn.fit_one_cycle(epochs, lr, cbs=best)
+        if method is None: learn.fit_one_cycle(epochs, lr, cbs=[*cbs, best])
         else: learn.distill(teacher, epochs, lr, method=method, metrics=False, cbs=best, **method_kwargs)
     sec = (time.perf_counter() - t0) / epochs
     with learn.no_bar(), learn.no_logging(): test_acc = float(learn.validate(dl=dls[2])[1])
-    return learn.model, dict(best_epoch=best.best_epoch + 1, heldout_acc=float(best.best), test_acc=test_acc, sec_per_epoch=sec,
-                             params=count_parameters(learn.model))
+    rec = dict(best_epoch=best.best_epoch + 1, heldout_acc=float(best.best), test_acc=test_acc, sec_per_epoch=sec,
+               params=count_parameters(learn.model))
+    rco = [c for c in cbs if isinstance(c, RCOCallback)]
+    if rco: rec['anchors'] = ' '.join(str(h['anchor']) for h in rco[0].history)  # anchor per epoch
+    return learn.model, rec
 
 
-def shipped_teacher(dls, name, log):
+def saved_model(f, name, make, log):
+    "The zoo model `name` with the weights saved in `f`, or `make()` -> (model, record) trained now and saved there"
+    if f.exists():
+        ck = torch.load(f, map_location='cpu', weights_only=False)
+        model = zoo_model(name, in_channels=1, num_classes=10); model.load_state_dict(ck['state'])
+        return model, ck['record']
+    model, rec = make()
+    f.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(dict(state=model.state_dict(), record=rec), f)
+    log(f"{name}: {rec['test_acc']*100:.2f}% test, saved to {f}")
+    return model, rec
+
+
+def recipe_callbacks(label, args, dls, tname, sname, teacher, tfile, seed, log):
+    """(training loaders, callbacks, a row for the table or None) of the recipe `label`, each with the library's defaults (KD's T = 4, alpha = 0.9):
+    TAKD: KD from the assistant (`--assistant`, distilled once from the teacher); RCO: the shipped teacher's route,
+    equal epochs per anchor or the paper's greedy search (probe: the held-out images); CS-KD: class-wise pairs; Tf-KD
+    self: KD (T = 4, alpha = 0.1) from the student trained alone with the same seed (saved by its baseline run); Tf-KD
+    virtual: `VirtualTeacherCallback` (the authors' T = 20, alpha = 0.1, a = 0.99)"""
+    from kd_fastai.kd import KDCallback
+    from kd_fastai.selfkd import CSKDCallback, VirtualTeacherCallback
+    tag = f"f{args.fraction}_h{args.holdout}_e{args.epochs}{'_aug' if args.augment else ''}"
+    if label == 'TAKD':
+        if not args.assistant: raise ValueError("TAKD needs an assistant: pass --assistant ZOO_NAME (e.g. model_143k_wo_dw).")
+        assistant, arec = saved_model(Path(args.teachers)/f'assistant_{args.assistant}_from_{tfile.stem}_{tag}.pth', args.assistant,
+                                   lambda: train(dls, args.assistant, args.epochs, args.lr, 0, cbs=[KDCallback(teacher, valid_metrics=False)]), log)
+        return dls, [KDCallback(assistant, valid_metrics=False)], dict(model=args.assistant, method='assistant', seed=0, **arec)
+    if label in ('RCO', 'RCO greedy'):
+        if not args.shipped_teachers: raise ValueError("RCO needs the teacher's training route: run with --shipped-teachers "
+                                                       "and a teacher shipped with its route (bench/train_teachers.py --route-every).")
+        from kd_fastai.rco import pretrained_route
+        return dls, [RCOCallback(pretrained_route(tname, args.shipped_folder), schedule='greedy' if label == 'RCO greedy' else 'equal', valid_metrics=False)], None
+    if label == 'CS-KD': return dls.with_class_pairs(), [CSKDCallback()], None
+    if label == 'Tf-KD self':
+        base, _ = saved_model(baseline_file(args, sname, seed), sname, lambda: train(dls, sname, args.epochs, args.lr, seed), log)
+        return dls, [KDCallback(base, T=4., alpha=0.1, valid_metrics=False)], None
+    if label == 'Tf-KD virtual': return dls, [VirtualTeacherCallback()], None
+    raise ValueError(f"Unknown recipe {label!r}: one of {RECIPES}.")
+
+
+def baseline_file(args, sname, seed):
+    "Where the baseline run of `seed` keeps its student (the Tf-KD self row's teacher)"
+    return Path(args.teachers)/f"baseline_{sname}_f{args.fraction}_h{args.holdout}_e{args.epochs}{'_aug' if args.augment else ''}_s{seed}.pth"
+
+
+def shipped_teacher(dls, name, log, folder=None):
     "kd_fastai's shipped teacher `name`, its test accuracy measured here (it must match the index)"
     from kd_fastai.pretrained import pretrained_teacher
-    model = pretrained_teacher(name)
+    model = pretrained_teacher(name, folder)
     info = model.pretrained_info
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy)
     with learn.no_bar(), learn.no_logging(): acc = float(learn.validate(dl=dls[2])[1])
@@ -129,7 +184,7 @@ def shipped_teacher(dls, name, log):
 
 def get_teacher(args, dls, name, log):
     "A teacher trained once (seed 0) and saved, or loaded; or the shipped one (`--shipped-teachers`)"
-    if args.shipped_teachers: return shipped_teacher(dls, name, log)
+    if args.shipped_teachers: return shipped_teacher(dls, name, log, args.shipped_folder)
     e = args.teacher_epochs or args.epochs
     tf = args.teacher_fraction if args.teacher_fraction and args.teacher_fraction > args.fraction else args.fraction
     f = Path(args.teachers)/f'{name}_f{args.fraction}_t{tf}_h{args.holdout}_e{e}{"_aug" if args.augment else ""}.pth'
@@ -178,9 +233,20 @@ def run(args, log=lambda s: print(s, flush=True), save=lambda rows: None, done=(
         if (pair, 'teacher', 0) not in have: rows.append(dict(pair=pair, model=tname, method='teacher', seed=0, **trec))
         for seed, label in todo:
             m = METHODS[label]
-            kw = {} if m is None else {**pair_kwargs(m, tname, sname), **cache_kwargs(args, m, tfile), **(args.method_args or {})}
-            _, rec = train(dls, sname, args.epochs, args.lr, seed, teacher, m, **kw)
-            rows.append(dict(pair=pair, model=sname, method=label + (args.label_suffix if m else ''), seed=seed, cached=bool(kw.get('cache_path')), **rec))
+            if label in RECIPES:
+                rdls, cbs, extra = recipe_callbacks(label, args, dls, tname, sname, teacher, tfile, seed, log)
+                if extra and (pair, extra['method'], 0) not in {(r['pair'], r['method'], r['seed']) for r in rows}:
+                    rows.append(dict(pair=pair, **extra))
+                _, rec = train(rdls, sname, args.epochs, args.lr, seed, cbs=cbs)
+                m, kw = None, {}
+            else:
+                kw = {} if m is None else {**pair_kwargs(m, tname, sname), **cache_kwargs(args, m, tfile), **(args.method_args or {})}
+                model, rec = train(dls, sname, args.epochs, args.lr, seed, teacher, m, **kw)
+                if m is None and 'Tf-KD self' in args.methods:  # its teacher: the student trained alone with this seed
+                    f = baseline_file(args, sname, seed); f.parent.mkdir(parents=True, exist_ok=True)
+                    torch.save(dict(state=model.state_dict(), record=rec), f)
+            rows.append(dict(pair=pair, model=sname, method=label + (args.label_suffix if METHODS[label] else ''), seed=seed,
+                             cached=bool(kw.get('cache_path')), **rec))
             save(rows)
             log(f"{pair} seed {seed} {label:8s} test {rec['test_acc']*100:.2f}% (held-out {rec['heldout_acc']*100:.2f}%, "
                 f"best epoch {rec['best_epoch']}, {rec['sec_per_epoch']:.1f} s/epoch)")
@@ -190,9 +256,9 @@ def run(args, log=lambda s: print(s, flush=True), save=lambda rows: None, done=(
 def join_runs(frames):
     "The per-seed rows of runs split over processes: each (pair, method, seed) once (a pair's teacher is in every run), teacher first"
     df = pd.concat(frames, ignore_index=True).drop_duplicates(['pair', 'method', 'seed'])
-    rank = {m: i for i, m in enumerate(['teacher', *METHODS])}
+    rank = {m: i for i, m in enumerate(['teacher', 'assistant', *METHODS])}
     pairs = {p: i for i, p in enumerate(dict.fromkeys(df.pair))}
-    key = df.apply(lambda r: (pairs[r.pair], rank.get(r.method.split(' ')[0], len(rank)), r.seed), axis=1)
+    key = df.apply(lambda r: (pairs[r.pair], rank.get(r.method, rank.get(r.method.split(' ')[0], len(rank))), r.method, r.seed), axis=1)
     return df.iloc[sorted(range(len(df)), key=lambda i: key.iloc[i])].reset_index(drop=True)
 
 

@@ -37,3 +37,18 @@ def test_resume_runs_only_missing_rows(tmp_path, calls):
     assert calls == []                                                   # nothing left to run
     with pytest.raises(ValueError, match='epochs: 2 there, 3 here'):    # another protocol: refused
         lm.main(['--pairs', 'a:b', '--epochs', '3', '--out', out, '--no-cache', '--resume'])
+
+
+def test_recipes_on_fashion_mnist(tmp_path):
+    "Every recipe row runs end to end on real data from a teacher shipped (into tmp_path) with its route"
+    import train_teachers
+    train_teachers.main(['model_25k_wo_dw', '--epochs', '2', '--fraction', '0.02', '--route-every', '1', '--out', str(tmp_path/'w')])
+    out = tmp_path/'table'
+    lm.main(['--pairs', 'model_25k_wo_dw:model_25k_wo_dw', '--shipped-teachers', '--shipped-folder', str(tmp_path/'w'),
+             '--assistant', 'model_25k_wo_dw', '--methods', 'baseline', *lm.RECIPES, '--fraction', '0.02', '--epochs', '2',
+             '--seeds', '1', '--teachers', str(tmp_path/'t'), '--out', str(out)])
+    df = pd.read_csv(out.with_suffix('.csv'))
+    assert list(df.method) == ['teacher', 'assistant', 'baseline', *lm.RECIPES]
+    assert df.test_acc.between(0, 1).all() and (df.best_epoch >= 1).all()
+    anchors = df.set_index('method').anchors
+    assert anchors['RCO'] == '0 1' and anchors['RCO greedy'].endswith(' 1')   # equal blocks; greedy ends on the final anchor
