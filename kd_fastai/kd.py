@@ -19,7 +19,7 @@ from .restore import FitScopedCallback
 from .ddp import DistributedDL, all_reduce_sum, is_distributed
 
 # %% auto #0
-__all__ = ['KDCallback', 'KDValue', 'kd_metrics', 'fit_distilling']
+__all__ = ['KDCallback', 'unpadded_count', 'KDValue', 'kd_metrics', 'fit_distilling']
 
 # %% ../nbs/04_kd.ipynb #dbea7973
 class KDCallback(FitScopedCallback):
@@ -87,6 +87,12 @@ class KDCallback(FitScopedCallback):
             self.learn.loss = self.learn.loss_grad.detach().clone()
 
 # %% ../nbs/04_kd.ipynb #c8dcb20d
+def unpadded_count(dl, bs:int)->int:
+    "Items of the batch of size `bs` just drawn from `dl` that are not DDP padding (fastai's `DistributedDL` repeats items so that every rank gets as many)"
+    if not isinstance(dl, DistributedDL) or not all(hasattr(dl, a) for a in ('n', 'n_padded', 'i')): return bs
+    start = dl.rank * dl.n_padded // dl.world_size + dl.i - bs  # this batch's place in the padded order (ranks take contiguous slices)
+    return max(0, min(bs, dl.n - start))
+
 class KDValue(Metric):
     "Batch-size weighted average of a value measured by a KD callback (`kd_term` or `agreement`), over all ranks under DDP"
     def __init__(self, attr, name): self.attr,self._name = attr,name
@@ -95,7 +101,7 @@ class KDValue(Metric):
         self.sharded |= isinstance(learn.dl, DistributedDL)  # this rank saw one shard of the loader (fastai's DDP)
         v = next((getattr(cb, self.attr) for cb in learn.cbs if getattr(cb, self.attr, None) is not None), None)
         if v is None: return
-        bs = find_bs(learn.yb)
+        bs = unpadded_count(learn.dl, find_bs(learn.yb))  # padded repeats are not counted twice
         self.total += float(v) * bs
         self.count += bs
     @property
