@@ -53,6 +53,8 @@ def parse_args(argv=None, defaults=None):
     p.add_argument('--pairs', nargs='+', default=['cifar_resnet56:cifar_resnet20', 'wrn_40_2:wrn_16_2'], help='teacher:student zoo names')
     p.add_argument('--methods', nargs='+', default=list(LOGIT_METHODS), choices=list(METHODS))
     p.add_argument('--seeds', type=int, default=3, help='seeds 0..n-1')
+    p.add_argument('--seed-list', type=int, nargs='+', default=None,
+                   help='run only these of the seeds 0..n-1 (split a table over processes; join them with --from-csv)')
     p.add_argument('--epochs', type=int, default=10, help='epochs of every student run')
     p.add_argument('--teacher-epochs', type=int, default=None, help='epochs of the teachers (default: --epochs)')
     p.add_argument('--fraction', type=float, default=0.25, help='stratified fraction of the training set')
@@ -226,7 +228,8 @@ def run(args, log=lambda s: print(s, flush=True), save=lambda rows: None, done=(
     if have: log(f"resuming: {len(have)} rows kept")
     for pair in args.pairs:
         tname, sname = pair.split(':')
-        todo = [(seed, label) for seed in range(args.seeds) for label in args.methods
+        seeds = [s for s in range(args.seeds) if args.seed_list is None or s in args.seed_list]
+        todo = [(seed, label) for seed in seeds for label in args.methods
                 if (pair, label + (args.label_suffix if METHODS[label] else ''), seed) not in have]
         if not todo: continue
         teacher, trec, tfile = get_teacher(args, tdls, tname, log)
@@ -262,7 +265,7 @@ def join_runs(frames):
     return df.iloc[sorted(range(len(df)), key=lambda i: key.iloc[i])].reset_index(drop=True)
 
 
-SELECTION = {'methods', 'seeds', 'resume', 'threads', 'out'}  # arguments that pick runs, not how a run goes
+SELECTION = {'methods', 'seeds', 'seed_list', 'resume', 'threads', 'out'}  # arguments that pick runs, not how a run goes
 
 
 def resumable_rows(csv, args, defaults=None)->list:
