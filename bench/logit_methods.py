@@ -139,24 +139,24 @@ def saved_model(f, name, make, log):
 
 
 def recipe_callbacks(label, args, dls, tname, sname, teacher, tfile, seed, log):
-    """(training loaders, callbacks, a row for the table or None) of the recipe `label`, each with the library's defaults (KD's T = 4, alpha = 0.9):
-    TAKD: KD from the assistant (`--assistant`, distilled once from the teacher); RCO: the shipped teacher's route,
+    """(training loaders, callbacks, a row for the table or None) of the recipe `label`, each with the library's
+    defaults (KD's T = 4, alpha = 0.9): TAKD: KD from the assistant (`--assistant`, distilled once from the teacher); RCO: the shipped teacher's route,
     equal epochs per anchor or the paper's greedy search (probe: the held-out images); CS-KD: class-wise pairs; Tf-KD
     self: KD (T = 4, alpha = 0.1) from the student trained alone with the same seed (saved by its baseline run); Tf-KD
     virtual: `VirtualTeacherCallback` (the authors' T = 20, alpha = 0.1, a = 0.99)"""
     from kd_fastai.kd import KDCallback
     from kd_fastai.selfkd import CSKDCallback, VirtualTeacherCallback
-    tag = f"f{args.fraction}_h{args.holdout}_e{args.epochs}{'_aug' if args.augment else ''}"
     if label == 'TAKD':
         if not args.assistant: raise ValueError("TAKD needs an assistant: pass --assistant ZOO_NAME (e.g. model_143k_wo_dw).")
-        assistant, arec = saved_model(Path(args.teachers)/f'assistant_{args.assistant}_from_{tfile.stem}_{tag}.pth', args.assistant,
+        assistant, arec = saved_model(Path(args.teachers)/f'assistant_{args.assistant}_from_{tfile.stem}_{protocol_tag(args)}.pth', args.assistant,
                                    lambda: train(dls, args.assistant, args.epochs, args.lr, 0, cbs=[KDCallback(teacher, valid_metrics=False)]), log)
         return dls, [KDCallback(assistant, valid_metrics=False)], dict(model=args.assistant, method='assistant', seed=0, **arec)
     if label in ('RCO', 'RCO greedy'):
         if not args.shipped_teachers: raise ValueError("RCO needs the teacher's training route: run with --shipped-teachers "
                                                        "and a teacher shipped with its route (bench/train_teachers.py --route-every).")
         from kd_fastai.rco import pretrained_route
-        return dls, [RCOCallback(pretrained_route(tname, args.shipped_folder), schedule='greedy' if label == 'RCO greedy' else 'equal', valid_metrics=False)], None
+        route = pretrained_route(tname, args.shipped_folder)
+        return dls, [RCOCallback(route, schedule='greedy' if label == 'RCO greedy' else 'equal', valid_metrics=False)], None
     if label == 'CS-KD': return dls.with_class_pairs(), [CSKDCallback()], None
     if label == 'Tf-KD self':
         base, _ = saved_model(baseline_file(args, sname, seed), sname, lambda: train(dls, sname, args.epochs, args.lr, seed), log)
@@ -165,9 +165,14 @@ def recipe_callbacks(label, args, dls, tname, sname, teacher, tfile, seed, log):
     raise ValueError(f"Unknown recipe {label!r}: one of {RECIPES}.")
 
 
+def protocol_tag(args)->str:
+    "The students' protocol in a file name: data fraction, held-out fraction, epochs, augmentation"
+    return f"f{args.fraction}_h{args.holdout}_e{args.epochs}{'_aug' if args.augment else ''}"
+
+
 def baseline_file(args, sname, seed):
     "Where the baseline run of `seed` keeps its student (the Tf-KD self row's teacher)"
-    return Path(args.teachers)/f"baseline_{sname}_f{args.fraction}_h{args.holdout}_e{args.epochs}{'_aug' if args.augment else ''}_s{seed}.pth"
+    return Path(args.teachers)/f"baseline_{sname}_{protocol_tag(args)}_s{seed}.pth"
 
 
 def shipped_teacher(dls, name, log, folder=None):
