@@ -4,7 +4,8 @@
 
 # %% ../nbs/03b_ddp.ipynb #27004bbe
 from __future__ import annotations
-import os
+import os, random
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel, DataParallel
@@ -15,7 +16,7 @@ from fastai.distributed import DistributedDL
 # %% auto #0
 __all__ = ['world_size', 'rank', 'is_distributed', 'is_rank0', 'barrier', 'comm_device', 'all_reduce_sum', 'all_gather_cat',
            'broadcast_object', 'broadcast_params', 'sync_grads', 'init_launched', 'launched_ctx', 'unwrap_model',
-           'plain_dl']
+           'plain_dl', 'peek_batch']
 
 # %% ../nbs/03b_ddp.ipynb #f559747c
 def _dist()->bool: return torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -122,6 +123,17 @@ def plain_dl(dl):
     "The loader behind fastai's `DistributedDL` (its pipelines, `new()`, data set); `dl` itself otherwise"
     while isinstance(dl, DistributedDL): dl = dl.dl
     return dl
+
+def peek_batch(dl):
+    "The first batch of `dl` (the plain loader under DDP: no collectives) without moving any random state: Python's, NumPy's, torch's or the loader's own"
+    dl = plain_dl(dl)
+    rng, states = getattr(dl, 'rng', None), (random.getstate(), np.random.get_state())
+    st = rng.getstate() if rng is not None else None
+    try:
+        with torch.random.fork_rng(devices=[]): return dl.one_batch()
+    finally:
+        random.setstate(states[0]); np.random.set_state(states[1])
+        if rng is not None: rng.setstate(st); dl.rng = rng  # iterating gave the loader a new generator: put the old one back
 
 def _broadcast_idxs(self, t, rank):
     "fastai's `DistributedDL._broadcast` on the backend's device (its `.cuda()` fails with gloo on CPU processes)"

@@ -6,8 +6,6 @@
 from __future__ import annotations
 from contextlib import contextmanager
 from functools import partial
-import random
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,7 +19,7 @@ from .losses import feature_mse_loss, attention_transfer_loss, soft_target_loss
 from .teacher import FrozenTeacher
 from .restore import FitScopedCallback
 from .kd import KDValue, KDCallback, fit_distilling, kd_metrics
-from .ddp import DistributedDataParallel, unwrap_model, broadcast_params, sync_grads
+from .ddp import DistributedDataParallel, unwrap_model, broadcast_params, sync_grads, peek_batch
 from .hookpoints import (find_module, FeaturePoint, Taps, trace_calls, preact_point, feature_stages,
                                   teacher_features, _StopForward, _stop)
 _all_ = ['find_module', 'teacher_features']  # defined in kd_fastai.hookpoints; importable from here as before
@@ -171,11 +169,7 @@ class FeatureDistillCallback(FitScopedCallback):
 
     def probe_batch(self)->tuple:
         "The inputs of one training batch, drawn without moving any random state (for shape probes before the fit)"
-        states = random.getstate(), np.random.get_state()
-        try:
-            with torch.random.fork_rng(devices=[]): b = self.learn.dls.train.one_batch()
-        finally: random.setstate(states[0]); np.random.set_state(states[1])
-        return tuple(b[:self.learn.dls.n_inp])
+        return tuple(peek_batch(self.learn.dls.train)[:self.learn.dls.n_inp])
 
     def pair_weights(self)->list:
         "One weight per pair, from `feat_weight`"

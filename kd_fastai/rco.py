@@ -16,7 +16,7 @@ from .losses import soft_target_loss
 from .teacher import FrozenTeacher, as_module, first_output
 from .kd import KDCallback
 from .restore import FitScopedCallback
-from .ddp import unwrap_model, is_rank0, barrier, plain_dl
+from .ddp import unwrap_model, is_rank0, barrier, plain_dl, peek_batch
 from .pretrained import WEIGHTS_DIR, pretrained_info, pretrained_names, half_state, update_index, file_fingerprint
 
 # %% auto #0
@@ -208,21 +208,12 @@ def equal_schedule(n_epoch:int, n_anchors:int)->list:
     return [int(math.floor(e * (n_anchors - 1) / (n_epoch - 1) + 0.5)) for e in range(n_epoch)]
 
 # %% ../nbs/11_rco.ipynb #9527287f
-def _peek_batch(dl):
-    "The first batch of `dl` without changing the random state its later iterations will use"
-    dl = plain_dl(dl)  # under DDP: the loader behind fastai's `DistributedDL` (a local read, no collectives)
-    rng = getattr(dl, 'rng', None)
-    st = rng.getstate() if rng is not None else None
-    try: return dl.one_batch()
-    finally:
-        if rng is not None: rng.setstate(st); dl.rng = rng
-
 def _probe_input(probe, n):
     "The input tensor of a probe: a tensor, an `(x, y)` batch, or a DataLoader (its first batch)"
     if probe is None: return None
     if isinstance(probe, torch.Tensor): return probe[:n]
     if isinstance(probe, (tuple, list)): return probe[0][:n]
-    if hasattr(probe, 'one_batch'): return _peek_batch(probe)[0][:n]
+    if hasattr(probe, 'one_batch'): return peek_batch(probe)[0][:n]
     raise TypeError(f"probe must be a tensor of images, an (x, y) batch or a DataLoader, got {type(probe).__name__}.")
 
 # %% ../nbs/11_rco.ipynb #e032f5f7
@@ -270,7 +261,7 @@ class RCOCallback(KDCallback):
 
     def setup(self):
         if 'teacher' in self.__dict__:  # (without one, `KDCallback.setup` says so) every anchor, before any training
-            x = _peek_batch(self.dls.valid)[0][:2] if len(self.dls.valid) else None
+            x = peek_batch(self.dls.valid)[0][:2] if len(self.dls.valid) else None
             self.route.check(self.teacher.model, x, getattr(self.dls, 'c', None))
         super().setup()  # the teacher model frozen, holding the last anchor (restored when the fit ends)
         self._first, self._trained = True, False
@@ -279,7 +270,7 @@ class RCOCallback(KDCallback):
         self.on_exit(lambda: setattr(self, '_x_probe', None) or setattr(self, '_t_probe', None))
         if self.schedule == 'greedy':
             x = _probe_input(self.probe, self.n_probe)
-            if x is None: x = _peek_batch(self.dls.valid)[0][:self.n_probe]  # a convenience: pass held-out training images
+            if x is None: x = peek_batch(self.dls.valid)[0][:self.n_probe]  # a convenience: pass held-out training images
             p = next(unwrap_model(self.learn.model).parameters(), None)
             self._x_probe = x.to(p.device) if p is not None else x
             # every anchor's logits on the probe, once (the anchors never change); last to first, so anchor 0 stays loaded
