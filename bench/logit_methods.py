@@ -287,11 +287,21 @@ def resumable_rows(csv, args, defaults=None)->list:
     return df.to_dict('records')
 
 
+def paired(g, ref)->str:
+    "Mean ± std (points) of the per-seed test-accuracy differences between the runs `g` and `ref`, paired by seed"
+    if ref is None: return ''
+    d = g.set_index('seed').test_acc.sub(ref.set_index('seed').test_acc).dropna()
+    return mean_std(list(d)) if len(d) else ''
+
+
 def summarize(df):
-    "Mean ± std of the test accuracy per pair and method"
+    "Mean ± std of the test accuracy per pair and method, and its gain over the baseline and over KD, paired by seed"
     out = []
     for (pair, method), g in df.groupby(['pair', 'method'], sort=False):
+        ref = lambda m: None if method in ('teacher', 'assistant', m) or not ((df.pair == pair) & (df.method == m)).any() \
+                        else df[(df.pair == pair) & (df.method == m)]
         out.append({'pair': pair, 'method': method, 'seeds': len(g), 'test accuracy (%)': mean_std(list(g.test_acc)),
+                    'gain over baseline (points)': paired(g, ref('baseline')), 'gain over KD (points)': paired(g, ref('KD')),
                     'held-out accuracy (%)': mean_std(list(g.heldout_acc)), 'best epoch': f"{g.best_epoch.mean():.1f}",
                     'sec/epoch': f"{g.sec_per_epoch.mean():.2f}"})
     return pd.DataFrame(out)

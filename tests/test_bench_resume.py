@@ -13,7 +13,7 @@ def calls(monkeypatch):
     done = []
     def train(dls, name, epochs, lr, seed, teacher=None, method=None, **kw):
         done.append((method, seed))
-        return None, dict(best_epoch=epochs, heldout_acc=0.5, test_acc=0.6 + 0.01 * seed, sec_per_epoch=1.0, params=10)
+        return None, dict(best_epoch=epochs, heldout_acc=0.5, test_acc=0.6 + 0.01 * seed + 0.02 * (method == 'dkd'), sec_per_epoch=1.0, params=10)
     teacher = lambda args, dls, name, log: (None, dict(best_epoch=1, heldout_acc=0.9, test_acc=0.9, sec_per_epoch=1.0, params=99), Path('t.pth'))
     monkeypatch.setattr(lm, 'train', train)
     monkeypatch.setattr(lm, 'get_teacher', teacher)
@@ -32,6 +32,9 @@ def test_resume_runs_only_missing_rows(tmp_path, calls):
     df = pd.read_csv(out + '.csv')
     assert len(df) == 7 and list(df.method[:1]) == ['teacher'] and (df.method == 'teacher').sum() == 1
     assert df.command.nunique() == 2 and 'Runs:' in Path(out + '.md').read_text()
+    table = lm.summarize(df).set_index('method')                        # gains paired by seed: DKD is 2 points above the others in every seed
+    assert table.loc['DKD', 'gain over baseline (points)'] == '2.00 ± 0.00' and table.loc['baseline', 'gain over baseline (points)'] == ''
+    assert table.loc['teacher', 'gain over KD (points)'] == '' and table.loc['baseline', 'gain over KD (points)'] == '0.00 ± 0.00'
     calls.clear()
     lm.main(base + ['--methods', 'baseline', 'KD', 'DKD', '--seeds', '2', '--resume'])
     assert calls == []                                                   # nothing left to run
