@@ -10,6 +10,9 @@ held-out images (the same split):
   T=4) and KD+LS (0.1, 9, T=2) (DIST and DKD keep CE weight 1).
 
     python bench/logit_diagnostics.py --pairs vgg13:vgg8 cifar_resnet56:cifar_resnet20 --fraction 0.06 --teacher-fraction 0.15 --teacher-epochs 6
+
+With `--shipped NAME ...` those teachers are kd_fastai's shipped ones (`pretrained_teacher`), as `--shipped-teachers` in
+`bench/logit_methods.py`.
 """
 import argparse, sys
 from pathlib import Path
@@ -19,6 +22,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from logit_methods import make_data  # the same split as the table
 from kd_fastai.models import zoo_model
+from kd_fastai.pretrained import pretrained_teacher
 from kd_fastai.losses import standardize_logits
 from kd_fastai.mlkd import StrongAugment
 from kd_fastai.experiments import to_markdown
@@ -38,6 +42,7 @@ def main(argv=None):
     p.add_argument('--holdout', type=float, default=0.1)
     p.add_argument('--teacher-epochs', type=int, default=6)
     p.add_argument('--teachers', default='kd_runs/teachers')
+    p.add_argument('--shipped', nargs='*', default=[], help="teachers loaded from kd_fastai's shipped weights")
     p.add_argument('--out', default='results/logit_diagnostics')
     args = p.parse_args(argv)
     torch.manual_seed(0)
@@ -49,14 +54,17 @@ def main(argv=None):
         t = pair.split(':')[0]
         tf = args.teacher_fraction if args.teacher_fraction > args.fraction else args.fraction
         f = Path(args.teachers)/f'{t}_f{args.fraction}_t{tf}_h{args.holdout}_e{args.teacher_epochs}_aug.pth'
-        model = zoo_model(t, in_channels=1, num_classes=10)
-        model.load_state_dict(torch.load(f, map_location='cpu', weights_only=False)['state']); model.eval()
+        if t in args.shipped: model = pretrained_teacher(t).float()
+        else:
+            model = zoo_model(t, in_channels=1, num_classes=10)
+            model.load_state_dict(torch.load(f, map_location='cpu', weights_only=False)['state'])
+        model.eval()
         with torch.no_grad():
             plain = model(x)
             strong = torch.cat([model(StrongAugment()(x[i:i+256])) for i in range(0, len(x), 256)])
         kd_true, kd_ent = soft_stats(plain, y, 4.)
         ls_true, ls_ent = soft_stats(plain, y, 2., standardize=True)
-        rows.append({'teacher': t, 'held-out images': len(y),
+        rows.append({'teacher': t + (' (shipped)' if t in args.shipped else ''), 'held-out images': len(y),
                      'acc plain (%)': round(float((plain.argmax(1) == y).float().mean()) * 100, 2),
                      'acc strong view (%)': round(float((strong.argmax(1) == y).float().mean()) * 100, 2),
                      'p(true) KD T=4': round(kd_true, 3), 'entropy KD T=4': round(kd_ent, 3),
