@@ -307,6 +307,22 @@ def summarize(df):
     return pd.DataFrame(out)
 
 
+def teachers_text(df, args, defaults=None)->str:
+    "Where each pair's teacher came from, read from the command of its teacher row (tables joined by --from-csv may mix)"
+    def one(a):
+        if a.shipped_teachers:
+            return ("kd_fastai's shipped teacher (`pretrained_teacher`, trained on all 60,000 training images, the students' "
+                    "held-out images included; its row gives the index's epochs)")
+        return (f"trained here, seed 0, same held-out rule, {a.teacher_epochs or a.epochs} epochs on {a.teacher_fraction or a.fraction} "
+                "of the training set (the students' images included, their held-out images excluded)")
+    teachers = df[df.method == 'teacher'] if 'command' in df else df.iloc[:0]
+    found = {r.pair: one(parse_args(shlex.split(r.command)[2:], defaults)) for r in teachers.itertuples()
+             if isinstance(r.command, str)}
+    texts = set(found.values()) or {one(args)}
+    if len(texts) == 1: return f"Teachers: {texts.pop()}. "
+    return "Teachers: " + "; ".join(f"{pair}: {t}" for pair, t in found.items()) + ". "
+
+
 def main(argv=None, defaults=None, script='bench/logit_methods.py'):
     args = parse_args(argv, defaults)
     out = Path(args.out) if args.out else None
@@ -328,11 +344,7 @@ def main(argv=None, defaults=None, script='bench/logit_methods.py'):
               f"{'random crop + flip' if args.augment else 'no augmentation'}), {args.fraction} of the training set, "
               f"{args.holdout} of it held out to pick each run's best epoch; accuracy on the 10,000 test images at that "
               "epoch, mean ± std over seeds 0..n-1. "
-              + ("Teachers: kd_fastai's shipped teachers (`pretrained_teacher`, trained on all 60,000 training images, the "
-                 "students' held-out images included; their row gives the index's epochs). " if args.shipped_teachers else
-                 f"Teachers: seed 0, same held-out rule, {args.teacher_epochs or args.epochs} epochs on "
-                 f"{args.teacher_fraction or args.fraction} of the training set (the students' images included, their "
-                 "held-out images excluded). ")
+              + teachers_text(df, args, defaults)
               + (f"Teacher-output cache ({args.views} views per item) for the logit methods but MLKD and SDD; the feature "
                  "methods, MLKD and SDD run the teacher at every step." if args.cache else "No cache.")
               + "\n\n"
