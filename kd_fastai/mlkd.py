@@ -94,7 +94,7 @@ class MLKDCallback(LogitKDCallback):
     ls_defaults = dict(ce_weight=0.1, kd_weight=9., warmup=0, temperatures=(2., 3., 5., 2., 6.))  # MLKD+LS: base temperature 2
     def __init__(self,
                  teacher, # nn.Module, Learner, exported learner/weights path, or a `FrozenTeacher`
-                 strong_aug=None, # callable making the strong view of an image batch (default `StrongAugment()`)
+                 strong_aug=None, # callable making the strong view of an image batch, or a dict of `StrongAugment` options (default `StrongAugment()`)
                  temperatures=None, # "prediction augmentation" temperatures (default 2..6)
                  q:float=50., # percentile of the confidence masks (official: the median)
                  ce_weight=None, # weight of each view's task loss (default 0.1)
@@ -105,7 +105,7 @@ class MLKDCallback(LogitKDCallback):
                 ):
         super().__init__(teacher, mlkd_loss, ce_weight=ce_weight, kd_weight=kd_weight, warmup=warmup,
                          standardize=standardize, temperatures=temperatures, **kwargs)
-        self.strong_aug = StrongAugment() if strong_aug is None else strong_aug
+        self.strong_aug = StrongAugment(**(strong_aug or {})) if strong_aug is None or isinstance(strong_aug, dict) else strong_aug
         self.q, self.n_weak = q, None
 
     def before_batch(self):
