@@ -7,6 +7,7 @@ shipped with its training route for RCO) -> the student `model_25k_wo_dw`; all t
 `model_143k_wo_dw`, RCO with equal epochs per anchor and with the paper's greedy search, CS-KD, Tf-KD self-training
 and the Tf-KD virtual teacher; `--resume`, so that a run stopped by the end of a session goes on where it stopped.
 
+    python bench/train_teachers.py model_340k_wo_dw --epochs 10 --route-every 2 --threads 1   # first: ship the teacher and its route (not shipped yet)
     python bench/patient.py --threads 1
     python bench/patient.py --pairs model_143k_wo_dw:model_25k_wo_dw --fraction 0.02 --epochs 1 --seeds 1 --methods baseline KD --out /tmp/patient_smoke   # a smoke test
 """
