@@ -12,7 +12,7 @@ from .losses import mlkd_loss, mlkd_masks
 from .logit import LogitKDCallback
 
 # %% auto #0
-__all__ = ['STRONG_OPS', 'cutout', 'StrongAugment', 'MLKDCallback']
+__all__ = ['STRONG_OPS', 'MLKD_LEVELS', 'cutout', 'StrongAugment', 'MLKDCallback']
 
 # %% ../nbs/22_mlkd.ipynb #5f5c54e6
 def _stats(x):
@@ -87,6 +87,8 @@ class StrongAugment:
         return (cutout(x, self.cutout) if self.cutout else x).to(dtype)
 
 # %% ../nbs/22_mlkd.ipynb #3b278634
+MLKD_LEVELS = ('instance', 'batch', 'class')  # the terms of MLKD's weak view
+
 class MLKDCallback(LogitKDCallback):
     "Multi-level logit distillation (Jin et al., CVPR 2023) on a weak and a strong view of each batch"
     _stateattrs = LogitKDCallback._stateattrs + ('strong_aug',)  # a user's lambda must not break learn.export()
@@ -101,12 +103,15 @@ class MLKDCallback(LogitKDCallback):
                  kd_weight=None, # weight of every MLKD term (default 0.9; 9 with `standardize`)
                  warmup=None, # warm-up epochs (default none), or a schedule f(pct_train)
                  standardize:bool=False, # MLKD+LS: standardised instance terms with the LS authors' weights
+                 levels=MLKD_LEVELS, # the weak view's terms (an ablation keeps fewer); the strong view always has the instance term only
                  **kwargs, # `train_bn`, `valid_metrics`, `teacher_arch`, `teacher_dtype` (see `LogitKDCallback`)
                 ):
         super().__init__(teacher, mlkd_loss, ce_weight=ce_weight, kd_weight=kd_weight, warmup=warmup,
                          standardize=standardize, temperatures=temperatures, **kwargs)
         self.strong_aug = StrongAugment(**(strong_aug or {})) if strong_aug is None or isinstance(strong_aug, dict) else strong_aug
-        self.q, self.n_weak = q, None
+        bad = [l for l in levels if l not in MLKD_LEVELS]
+        if bad or not levels: raise ValueError(f"levels must be a non-empty subset of {MLKD_LEVELS}, got {tuple(levels)}.")
+        self.q, self.levels, self.n_weak = q, tuple(levels), None
 
     def before_batch(self):
         super().before_batch()
@@ -121,21 +126,23 @@ class MLKDCallback(LogitKDCallback):
 
     def teacher_logits(self): return self.teacher_out if self.n_weak is None else self.teacher_out[:self.n_weak]
 
-    def _mlkd(self, s, t, masked:bool, levels:bool):
-        "The MLKD term of one view: all levels (weak view, masked) or the instance level only (strong view)"
-        m, cm = mlkd_masks(t, self.q) if masked else (None, None)
+    def _mlkd(self, s, t, weak:bool):
+        "The MLKD term of one view: `levels` with the confidence masks (weak view) or the instance level only (strong view)"
+        m, cm = mlkd_masks(t, self.q) if weak else (None, None)
         kw = {k: self._value(v) for k, v in self.loss_kwargs.items()}
-        return mlkd_loss(s, t, mask=m, class_mask=cm, kd_weight=1., bc_weight=float(levels), cc_weight=float(levels), **kw)
+        levels = self.levels if weak else ('instance',)
+        on = lambda level: float(level in levels)
+        return mlkd_loss(s, t, mask=m, class_mask=cm, kd_weight=on('instance'), bc_weight=on('batch'), cc_weight=on('class'), **kw)
 
     def after_loss(self):
         if self.teacher_out is None or not len(self.yb): return
         n, pred, t = self.n_weak, self.pred, self.teacher_out
         if n is None:  # validation: one view, the weak-view term for `kd_metrics()`
-            self.kd_term = self._mlkd(pred, t, True, True).detach()
+            self.kd_term = self._mlkd(pred, t, True).detach()
             self.agreement = (pred.argmax(-1) == t.argmax(-1)).float().mean()
             return
         yw, ys = tuple(y[:n] for y in self.yb), tuple(y[n:] for y in self.yb)
-        kd = self._mlkd(pred[:n], t[:n], True, True) + self._mlkd(pred[n:], t[n:], False, False)
+        kd = self._mlkd(pred[:n], t[:n], True) + self._mlkd(pred[n:], t[n:], False)
         ce = self.learn.loss_func(pred[:n], *yw) + self.learn.loss_func(pred[n:], *ys)
         self.kd_term = kd.detach()
         self.agreement = (pred[:n].argmax(-1) == t[:n].argmax(-1)).float().mean()
