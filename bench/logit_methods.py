@@ -294,6 +294,12 @@ def paired(g, ref)->str:
     return mean_std(list(d)) if len(d) else ''
 
 
+def known(col, fmt):
+    "`fmt` of a column's known values, '–' where it has none (a shipped teacher has no held-out accuracy or epoch time)"
+    col = col.dropna()
+    return fmt(col) if len(col) else '–'
+
+
 def summarize(df):
     "Mean ± std of the test accuracy per pair and method, and its gain over the baseline and over KD, paired by seed"
     out = []
@@ -302,8 +308,9 @@ def summarize(df):
                         else df[(df.pair == pair) & (df.method == m)]
         out.append({'pair': pair, 'method': method, 'seeds': len(g), 'test accuracy (%)': mean_std(list(g.test_acc)),
                     'gain over baseline (points)': paired(g, ref('baseline')), 'gain over KD (points)': paired(g, ref('KD')),
-                    'held-out accuracy (%)': mean_std(list(g.heldout_acc)), 'best epoch': f"{g.best_epoch.mean():.1f}",
-                    'sec/epoch': f"{g.sec_per_epoch.mean():.2f}"})
+                    'held-out accuracy (%)': known(g.heldout_acc, lambda v: mean_std(list(v))),
+                    'best epoch': known(g.best_epoch, lambda v: f"{v.mean():.1f}"),
+                    'sec/epoch': known(g.sec_per_epoch, lambda v: f"{v.mean():.2f}")})
     return pd.DataFrame(out)
 
 

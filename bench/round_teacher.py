@@ -13,6 +13,7 @@ from fastai.vision.all import Learner, CrossEntropyLossFlat, accuracy
 sys.path.insert(0, str(Path(__file__).parent))
 from logit_methods import make_data
 from kd_fastai.models import zoo_model
+from kd_fastai.pretrained import half_state
 
 
 def main(argv=None):
@@ -27,7 +28,7 @@ def main(argv=None):
     torch.set_num_threads(1)
     f = Path(args.file)
     ck = torch.load(f, map_location='cpu', weights_only=False)
-    ck['state'] = {k: v.half().float() if v.is_floating_point() else v for k, v in ck['state'].items()}
+    ck['state'] = {k: v.float() if v.is_floating_point() else v for k, v in half_state(ck['state']).items()}
     model = zoo_model(args.name, in_channels=1, num_classes=10)
     model.load_state_dict(ck['state'])
     dls, _, _ = make_data(args.fraction, args.holdout, 128, True, args.teacher_fraction)
@@ -37,8 +38,7 @@ def main(argv=None):
     ck['record'].update(test_acc=acc, fp16_rounded=True)
     torch.save(ck, f)
     out = Path(args.copy); out.mkdir(parents=True, exist_ok=True)
-    torch.save(dict(state={k: v.half() if v.is_floating_point() else v for k, v in ck['state'].items()}, record=ck['record']),
-               out/f.name)
+    torch.save(dict(state=half_state(ck['state']), record=ck['record']), out/f.name)
     print(f"wrote {out/f.name}")
 
 
