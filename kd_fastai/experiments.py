@@ -90,7 +90,7 @@ def summarize_runs(runs, # records from `run_training`
 def to_markdown(df:pd.DataFrame, cols=None)->str:
     "A GitHub markdown table of `df` (no extra dependency such as tabulate)"
     cols = list(cols or df.columns)
-    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)
+    fmt = lambda v: ("–" if v != v else f"{v:.2f}") if isinstance(v, float) else str(v)  # NaN (unknown, e.g. a shipped teacher's epoch time): a dash
     lines = ['| ' + ' | '.join(cols) + ' |', '|' + '|'.join('---' for _ in cols) + '|']
     lines += ['| ' + ' | '.join(fmt(v) for v in row) + ' |' for row in df[cols].itertuples(index=False)]
     return '\n'.join(lines)
