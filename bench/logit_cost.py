@@ -1,5 +1,5 @@
 """Cost of the logit methods from the teacher-output cache (issue 11): seconds per training epoch of the plain
-student and of KD, DKD, DIST, CLKD and KD+LS with the teacher's logits replayed from the cache (filled once
+student and of KD, DKD, DIST, CLKD, KD+LS and SDD with the teacher's logits (SDD: regional logits) replayed from the cache (filled once
 beforehand; fill time reported separately), and of MLKD with its live teacher (two views per item: its epoch counts
 as two). One run, interleaved repeats (median), so the ratios to the plain epoch are what counts.
 
@@ -20,7 +20,7 @@ from kd_fastai.models import zoo_model, count_parameters
 from kd_fastai.methods import method_callback
 from kd_fastai.experiments import EpochTimer, to_markdown
 
-CACHED = ('kd', 'dkd', 'dist', 'clkd', 'kd+ls')
+CACHED = ('kd', 'dkd', 'dist', 'clkd', 'kd+ls', 'sdd')  # SDD: its regional logits (C x N per item), in a folder of its own
 
 
 def epoch_time(dls, student, cb=None):
@@ -39,11 +39,15 @@ def main(teacher='cifar_resnet56', student='cifar_resnet20', fraction=0.1, bs=12
     t_model = zoo_model(teacher, in_channels=1)
     with tempfile.TemporaryDirectory() as d:
         cache = Path(d)/'cache'
-        make = {m: (lambda m=m: method_callback(m, t_model, cache=True, path=cache, valid_metrics=False, verbose=False)) for m in CACHED}
+        make = {m: (lambda m=m: method_callback(m, t_model, cache=True, path=cache/('sdd' if m == 'sdd' else 'logits'),
+                                                valid_metrics=False, verbose=False)) for m in CACHED}
         make['mlkd'] = lambda: method_callback('mlkd', t_model, valid_metrics=False)
         fill_cb = make['kd']()
         epoch_time(dls, student, fill_cb)  # fills the cache (also the warm-up run)
         fill = fill_cb.caches['train'].fill_seconds
+        sdd_cb = make['sdd']()
+        epoch_time(dls, student, sdd_cb)  # fills SDD's cache of regional logits
+        fill_sdd = sdd_cb.caches['train'].fill_seconds
         names = ['plain'] + list(CACHED) + ['mlkd']
         times = {n: [] for n in names}
         for r in range(repeats):  # interleaved, the order rotated, so that background load affects all alike
@@ -59,6 +63,8 @@ def main(teacher='cifar_resnet56', student='cifar_resnet20', fraction=0.1, bs=12
                      x_plain=round(med['mlkd'] / 2 / med['plain'], 3), runs=''))
     rows.append(dict(method='fill', measure='cache fill (once, train set)', sec_per_epoch=round(fill, 2),
                      x_plain=round(fill / med['plain'], 3), runs=''))
+    rows.append(dict(method='fill sdd', measure="SDD's cache fill (once, train set, regional logits)", sec_per_epoch=round(fill_sdd, 2),
+                     x_plain=round(fill_sdd / med['plain'], 3), runs=''))
     df = pd.DataFrame(rows)
     cmd = (f"python bench/logit_cost.py --teacher {teacher} --student {student} --fraction {fraction} --bs {bs} "
            f"--repeats {repeats} --threads {threads}")

@@ -4,9 +4,10 @@ Each pair of the CIFAR-100 benchmark (zoo names, 1 input channel, 10 classes) is
 stratified `--fraction` of the training set, through kd_fastai's fastai loaders (`tensor_image_dls`, random crop +
 flip unless `--no-augment`). A stratified `--holdout` of those training images is the validation set: every
 run keeps the weights of its best epoch on the held-out images (`BestWeights`), and that checkpoint is evaluated once
-on the 10,000 test images (the test set never picks anything). KD, KD+LS, DKD, DKD+LS, DIST and CLKD read the teacher's
-logits from the teacher-output cache (`--views` pre-drawn augmented views per item, filled once per teacher and
-reused by every seed); MLKD and SDD run their teacher at every step (they cannot use the cache). Teachers are trained once per pair (seed 0, same split,
+on the 10,000 test images (the test set never picks anything). KD, KD+LS, DKD, DKD+LS, DIST, CLKD and SDD read the teacher's
+logits (SDD: its regional logits) from the teacher-output cache (`--views` pre-drawn augmented views per item, filled
+once per teacher and reused by every seed); MLKD runs its teacher at every step (random strong views: no cache). Tables
+name, from each row's `cached` column, which runs used the cache (SDD ran live before the cache held regional logits). Teachers are trained once per pair (seed 0, same split,
 same rule) and reused from `--teachers`. Every method uses the authors' defaults of its `kd_fastai` callback
 (`kd_fastai.methods.METHODS`), with DKD's per-pair beta (`DKD_BETAS`) and LS's tau = 3 for vgg13 -> vgg8.
 
@@ -216,9 +217,10 @@ def pair_kwargs(method, teacher, student):
 
 
 def cache_kwargs(args, method, teacher_file):
-    "The teacher-output cache of `method`, one folder per teacher file, shared by every seed and method"
+    "The teacher-output cache of `method`, one folder per teacher file shared by every seed and logit method (SDD's regional logits: their own)"
     if not args.cache or method is None or method.removesuffix('+ls') in UNCACHED or method.split('+')[0] in FEATURE_KEYS: return {}
-    return dict(cache_path=Path(args.teachers)/f'cache_{teacher_file.stem}_v{args.views}',
+    own = '_sdd' if method == 'sdd' else ''
+    return dict(cache_path=Path(args.teachers)/f'cache_{teacher_file.stem}_v{args.views}{own}',
                 cache_kwargs=dict(views=args.views, verbose=False) if args.augment else dict(verbose=False))
 
 
@@ -330,6 +332,16 @@ def teachers_text(df, args, defaults=None)->str:
     return "Teachers: " + "; ".join(f"{pair}: {t}" for pair, t in found.items()) + ". "
 
 
+def cache_text(df, views)->str:
+    "Which methods read the teacher-output cache and which ran their teacher at every step, from the rows' `cached` column"
+    if 'cached' not in df: return ''
+    runs = df[~df.method.isin(['teacher', 'assistant', 'baseline'])]
+    say = lambda m: ', '.join(dict.fromkeys(runs.method[m]))
+    cached, live = runs.cached.fillna(False).astype(bool), ~runs.cached.fillna(False).astype(bool)
+    return ((f"Teacher-output cache ({views} views per item): {say(cached)}. " if cached.any() else "No cache. ")
+            + (f"Teacher run at every step: {say(live)}." if live.any() else ""))
+
+
 def main(argv=None, defaults=None, script='bench/logit_methods.py'):
     args = parse_args(argv, defaults)
     out = Path(args.out) if args.out else None
@@ -352,8 +364,7 @@ def main(argv=None, defaults=None, script='bench/logit_methods.py'):
               f"{args.holdout} of it held out to pick each run's best epoch; accuracy on the 10,000 test images at that "
               "epoch, mean ± std over seeds 0..n-1. "
               + teachers_text(df, args, defaults)
-              + (f"Teacher-output cache ({args.views} views per item) for the logit methods but MLKD and SDD; the feature "
-                 "methods, MLKD and SDD run the teacher at every step." if args.cache else "No cache.")
+              + cache_text(df, args.views)
               + "\n\n"
               + to_markdown(table) + "\n\nPer-seed rows: " + out.with_suffix('.csv').name + "\n")
         out.with_suffix('.md').write_text(md)

@@ -138,10 +138,12 @@ def transform_fingerprint(dl)->str:
 
 def cache_fingerprint(teacher, dl, dtype=torch.float16, topk=None, topk_mode='uniform',
                       views=None, # description of replayed augmented views (number, seed, transforms), if any
+                      output=None, # description of what is stored when it is not the teacher's logits (e.g. SDD's regional logits)
                      )->dict:
     "What a cache of `teacher`'s outputs on `dl` depends on: `{teacher, data, transforms, storage}` digests"
+    extra = () if output is None else (output,)  # logit caches keep the digest they always had
     return dict(teacher=model_fingerprint(teacher), data=data_fingerprint(dl), transforms=_digest(transform_fingerprint(dl), views),
-                storage=_digest(str(_as_cache_dtype(dtype)), topk, topk_mode if topk else None))
+                storage=_digest(str(_as_cache_dtype(dtype)), topk, topk_mode if topk else None, *extra))
 
 # %% ../nbs/14_cache.ipynb #80bc70bd
 _PROJ = {}  # fixed projections, by (numbers per item, dim, device)
@@ -247,6 +249,7 @@ class TeacherCache:
              device=None, # where the teacher runs (default: where its weights are)
              teacher_dtype=None, # autocast dtype for the teacher (torch.bfloat16/float16), None: full precision
              channels_last:bool|None=None, # channels-last memory format (None: on CUDA only)
+             output=None, # f(model, xb) -> (B, K) values to store per item (default: the model's first output, its logits)
             ):
         "Run `teacher` once over `batches` in inference mode and store its outputs; writes `meta.json` when on disk"
         ft = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
@@ -267,7 +270,7 @@ class TeacherCache:
                 for xb, keys in batches:
                     xb = tuple(x.to(dev, non_blocking=True) for x in xb)
                     if cl: xb = tuple(x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x for x in xb)
-                    self.store(keys, first_output(model(*xb)), xb[0])
+                    self.store(keys, first_output(model(*xb)) if output is None else output(model, xb), xb[0])
                     seen += len(keys)
         finally:
             if fmt is False: model.to(memory_format=torch.contiguous_format)

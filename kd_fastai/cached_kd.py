@@ -197,6 +197,8 @@ class TeacherCacheMixin:
                   ):
         "Check and store the cache settings (the teacher is already `self.teacher`)"
         if self.teacher.train_bn: raise ValueError(f"{type(self).__name__} cannot cache a teacher with train_bn=True (batch-dependent outputs): use the live callback.")
+        if topk is not None and hasattr(self, 'cache_values'):
+            raise ValueError(f"{type(self).__name__} caches {self.cache_what} per item, not one logit vector: top-k cannot compress it. Use topk=None.")
         _as_cache_dtype(dtype)
         if views is not None: ViewReplay(1, views)  # checks `views`
         store_attr('views,view_seed,input_tol,dtype,topk,topk_mode,memory_budget,fill_bs,verbose')
@@ -208,7 +210,7 @@ class TeacherCacheMixin:
 
     def _cache(self, kind, dl, batches, n_keys, views=None):
         "The cache of `kind` ('train'/'valid') for `dl`: kept, loaded from disk, or filled from `batches`"
-        fp = cache_fingerprint(self.teacher, dl, self.dtype, self.topk, self.topk_mode, views)
+        fp = cache_fingerprint(self.teacher, dl, self.dtype, self.topk, self.topk_mode, views, getattr(self, 'cache_what', None))
         old = self.caches.get(kind)
         if old is not None and old.fingerprint == fp and fp['data'] is not None: return old
         if is_distributed(): return self._shared_cache(kind, dl, batches, n_keys, fp)
@@ -240,9 +242,10 @@ class TeacherCacheMixin:
                 self._say(f"Reusing the {kind} teacher cache: {c.report()}")
                 return c
             except ValueError as e: warnings.warn(f"Not reusing the {kind} teacher cache: {e}. Rebuilding it.")
-        c = TeacherCache(n_keys, getattr(self.dls, 'c', None), self.dtype, self.topk, self.topk_mode, path=folder,
+        own = getattr(self, 'cache_values', None)  # a method that stores more than the logits (its width: from the first batch)
+        c = TeacherCache(n_keys, None if own else getattr(self.dls, 'c', None), self.dtype, self.topk, self.topk_mode, path=folder,
                          memory_budget=self.memory_budget, fingerprint=fp, sig_dim=_SIG_DIM)
-        c.fill(self.teacher, batches, device=self.dls.device, teacher_dtype=getattr(self, 'teacher_dtype', None) or self.teacher.dtype)
+        c.fill(self.teacher, batches, device=self.dls.device, teacher_dtype=getattr(self, 'teacher_dtype', None) or self.teacher.dtype, output=own)
         self._say(f"Filled the {kind} teacher cache in {c.fill_seconds:.1f} s: {c.report()}")
         return c
 
@@ -323,7 +326,8 @@ class TeacherCacheMixin:
         if self.input_tol is not None:
             bad = cache.input_mismatch(self.keys, self.xb[0], self.input_tol)
             if bad.any(): self._mismatch(int(bad.sum()), len(bad))
-        return cache.lookup(self.keys, device=self.pred.device)
+        out = cache.lookup(self.keys, device=self.pred.device)
+        return self.from_cache(out) if hasattr(self, 'from_cache') else out
 
     def _mismatch(self, n_bad, n):
         cbs = [type(cb).__name__ for cb in self.learn.cbs if cb is not self and 'before_batch' in type(cb).__dict__
@@ -373,6 +377,8 @@ def cached_callback(cls):
     if not issubclass(cls, KDCallback): raise TypeError(f"cached_callback needs a KDCallback subclass, got {cls.__name__}.")
     why = getattr(cls, 'uncached_because', None)
     changed = [h for h in _LIVE_HOOKS for c in cls.__mro__[:cls.__mro__.index(KDCallback)] if h in vars(c)]
+    if hasattr(cls, 'cache_values'):  # it says what its teacher gives per item (`cache_values`, `from_cache`, `cache_what`: SDD)
+        changed = [h for h in changed if h == 'before_batch']  # its own teacher outputs are fine; other inputs are not
     if why or changed:
         raise ValueError(f"{cls.__name__} cannot use the teacher-output cache: " + (why or
                          f"it overrides {', '.join(dict.fromkeys(changed))}, so its teacher may see other inputs than the "

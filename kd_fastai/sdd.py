@@ -14,6 +14,7 @@ from .losses import sdd_loss
 from .models import ConcatPool2d
 from .logit import LogitKDCallback
 from .ddp import unwrap_model
+from .teacher import first_output
 
 # %% auto #0
 __all__ = ['find_pool_head', 'RegionalLogits', 'SDDCallback']
@@ -130,6 +131,16 @@ class SDDCallback(LogitKDCallback):
         return torch.cat([t[..., None].float(), local], -1)
 
     def teacher_logits(self): return self.teacher_out[..., 0]
+
+    # the teacher-output cache (`learn.distill(..., method='sdd', cache=True)`, `cached_callback(SDDCallback)`)
+    @property
+    def cache_what(self): return f"SDD regional logits at scales {tuple(self.scales)}"  # enters the cache's fingerprint
+    def cache_values(self, model, xb):
+        "What the cache stores per item: the teacher's regional logits (B, C, N) flattened to (B, C*N), run during the fill"
+        t = first_output(model(*xb))
+        local = self._regional[1](self._hooks[1].stored)
+        return torch.cat([t[..., None].float(), local], -1).flatten(1)
+    def from_cache(self, values): return values.unflatten(1, (-1, 1 + sum(s * s for s in self.scales if s > 1)))
 
     def after_pred(self):
         self.student_regions = None
