@@ -11,6 +11,7 @@ batches of each size in `--bs`, the norm of the gradient of each weighted term (
 weak view: CE 0.1, instance/batch/class 0.9 each, median masks) with respect to the student's logits.
 
     python bench/mlkd_terms.py --teacher cifar_resnet56 --student cifar_resnet20 --bs 64 128
+    python bench/mlkd_terms.py --teacher vgg13 --teacher-file results/teachers/vgg13_f0.06_t0.3_h0.1_e8_aug.pth --student vgg8 --out results/mlkd_terms_vgg
 """
 import argparse, sys
 from pathlib import Path
@@ -40,7 +41,8 @@ def term_grads(s, t, y, temperatures=(2., 3., 4., 5., 6.)):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--teacher', default='cifar_resnet56', help='a shipped teacher')
+    p.add_argument('--teacher', default='cifar_resnet56', help='a shipped teacher, or the zoo name of --teacher-file')
+    p.add_argument('--teacher-file', default=None, help="a teacher saved by bench/logit_methods.py ({'state', 'record'}), e.g. results/teachers/*.pth")
     p.add_argument('--student', default='cifar_resnet20')
     p.add_argument('--fraction', type=float, default=0.06)
     p.add_argument('--student-epochs', type=int, default=3)
@@ -51,7 +53,13 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     dls, _, _ = make_data(args.fraction, 0.1, 128, True, None)
-    teacher = pretrained_teacher(args.teacher).float().eval()
+    if args.teacher_file:
+        teacher = zoo_model(args.teacher, in_channels=1, num_classes=10)
+        teacher.load_state_dict({k: v.float() if v.is_floating_point() else v
+                                 for k, v in torch.load(args.teacher_file, map_location='cpu', weights_only=False)['state'].items()})
+        teacher.eval()
+    else: teacher = pretrained_teacher(args.teacher).float().eval()
+    source = f"{args.teacher} from `{args.teacher_file}`" if args.teacher_file else f"shipped {args.teacher}"
     torch.manual_seed(0)
     xs, ys = zip(*[(x, y) for x, y in dls.train])  # augmented (weak-view) training batches
     x, y = torch.cat(xs).as_subclass(torch.Tensor).float(), torch.cat(ys).as_subclass(torch.Tensor).long()
@@ -79,8 +87,8 @@ def main(argv=None):
     out.with_suffix('.md').write_text(
         f"# MLKD's terms on Fashion-MNIST ({args.teacher} -> {args.student})\n\nCommand: `{cmd}`\n\n"
         "Mean norm of the gradient of each weak-view term, weighted as `MLKDCallback` weights it, with respect to the "
-        f"student's logits, over {args.batches} augmented training batches per batch size (teacher: shipped "
-        f"{args.teacher}). The instance term is a batch mean; the batch term grows like B / C and the class term like "
+        f"student's logits, over {args.batches} augmented training batches per batch size (teacher: {source}). "
+        "The instance term is a batch mean; the batch term grows like B / C and the class term like "
         "B^2 / C (see the script's docstring).\n\n" + to_markdown(df) + "\n")
     print(f"wrote {out.with_suffix('.md')}")
 
