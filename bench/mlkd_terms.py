@@ -75,7 +75,7 @@ def main(argv=None):
                 with torch.no_grad(): s, t = model(xb), teacher(xb)
                 got.append(term_grads(s, t, yb))
             g = pd.DataFrame(got).mean()
-            rows.append({'student': state, 'batch size': bs, **{f'|grad| {k}': round(v, 4) for k, v in g.items()},
+            rows.append({'student': state, 'batch size': bs, **{f'grad {k}': f'{v:.4f}' for k, v in g.items()},
                          'batch / instance': round(g['batch'] / g['instance'], 2),
                          'class / instance': round(g['class'] / g['instance'], 2),
                          'CE share (%)': round(100 * g['CE'] / g.sum(), 1)})
