@@ -71,7 +71,7 @@ def _losses(dls, teacher, method, cache):
     return rec.vals
 
 
-@pytest.mark.parametrize('method', ['dkd', 'dist'])
+@pytest.mark.parametrize('method', ['dkd', 'dist', 'sdd'])
 def test_cached_method_equals_live_and_fills_once(folder, method):
     d, dls, teacher = folder
     ref = _losses(dls, teacher, method, cache=False)
@@ -81,3 +81,19 @@ def test_cached_method_equals_live_and_fills_once(folder, method):
     assert counted.seen == len(dls.train_ds) + len(dls.valid_ds)
     assert teacher.training and all(p.requires_grad for p in teacher.parameters())
     with pytest.raises(ValueError, match='strong view'): method_callback('mlkd', teacher, cache=True)
+
+
+def test_cached_sdd_on_a_datablock_exports_and_predicts(folder):
+    "SDD with its teacher's regional logits from the cache, on the DataBlock: no hook left, export -> load_learner -> predict"
+    d, dls, teacher = folder
+    learn = Learner(dls, small_net(width=4), metrics=accuracy, path=d)
+    with learn.no_bar(), learn.no_logging():
+        learn.distill(teacher, 2, 1e-2, method='sdd', cache=True, cache_kwargs=dict(verbose=False))
+    assert 'distill_loss' in learn.recorder.metric_names
+    assert all(not m._forward_hooks for m in list(learn.model.modules()) + list(teacher.modules()))
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())
+    item = get_image_files(d/'valid')[0]
+    with learn.no_bar(): p = learn.predict(item)[2]
+    learn.export('sdd_cached.pkl')
+    loaded = load_learner(d/'sdd_cached.pkl')
+    with loaded.no_bar(): torch.testing.assert_close(loaded.predict(item)[2], p)
