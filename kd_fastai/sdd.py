@@ -127,8 +127,11 @@ class SDDCallback(LogitKDCallback):
     def teacher_output(self):
         "Teacher regional logits (B, C, N), region 0 its own output: what a cache for SDD would store"
         t = self.teacher(*self.xb, inference=False)  # hooked tensors must not be inference tensors
-        with torch.no_grad(): local = self._regional[1](self._hooks[1].stored)
-        return torch.cat([t[..., None].float(), local], -1)
+        with torch.no_grad(): return self._teacher_regions(t)
+
+    def _teacher_regions(self, t):
+        "The teacher's (B, C, N) regional logits: its output `t` as region 0, then the cells of its hooked feature map"
+        return torch.cat([t[..., None].float(), self._regional[1](self._hooks[1].stored)], -1)
 
     def teacher_logits(self): return self.teacher_out[..., 0]
 
@@ -137,9 +140,7 @@ class SDDCallback(LogitKDCallback):
     def cache_what(self): return f"SDD regional logits at scales {tuple(self.scales)}"  # enters the cache's fingerprint
     def cache_values(self, model, xb):
         "What the cache stores per item: the teacher's regional logits (B, C, N) flattened to (B, C*N), run during the fill"
-        t = first_output(model(*xb))
-        local = self._regional[1](self._hooks[1].stored)
-        return torch.cat([t[..., None].float(), local], -1).flatten(1)
+        return self._teacher_regions(first_output(model(*xb))).flatten(1)
     def from_cache(self, values): return values.unflatten(1, (-1, 1 + sum(s * s for s in self.scales if s > 1)))
 
     def after_pred(self):
