@@ -5,13 +5,15 @@
 # %% ../nbs/05_experiments.ipynb #a6670287
 from __future__ import annotations
 import time, math, random
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 from fastcore.basics import store_attr
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelValidException
 from fastai.learner import Learner
 from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
@@ -20,7 +22,8 @@ from .models import zoo_model, count_parameters
 from .ddp import launched_ctx
 
 # %% auto #0
-__all__ = ['EpochTimer', 'run_training', 'mean_std', 'summarize_runs', 'to_markdown', 'plot_curves']
+__all__ = ['EpochTimer', 'ValidateEvery', 'run_training', 'run_in_processes', 'mean_std', 'summarize_runs', 'to_markdown',
+           'plot_curves']
 
 # %% ../nbs/05_experiments.ipynb #af579c56
 class EpochTimer(Callback):
@@ -29,6 +32,18 @@ class EpochTimer(Callback):
     def before_fit(self): self.times = []
     def before_train(self): self._t0 = time.perf_counter()
     def after_train(self): self.times.append(time.perf_counter() - self._t0)
+
+class ValidateEvery(Callback):
+    "Validate only every `every` epochs and after the last one: saves time where only the final accuracy is reported"
+    order = 1000  # cancels after every other `before_validate`: the others see a validation of no batches, as after a cancel
+    def __init__(self, every:int=0): # validate after epochs every, 2*every, ... (0: only after the last one)
+        if not isinstance(every, int) or every < 0: raise ValueError(f"every must be a whole number >= 0, got {every!r}.")
+        store_attr()
+    def before_epoch(self): self.trained = False
+    def before_train(self): self.trained = True  # `learn.validate()` has an epoch without training: it always validates
+    def before_validate(self):
+        if not self.trained or self.epoch == self.n_epoch - 1: return
+        if not self.every or (self.epoch + 1) % self.every: raise CancelValidException()
 
 # %% ../nbs/05_experiments.ipynb #e796c72a
 def run_training(dls, # fastai DataLoaders
@@ -41,6 +56,7 @@ def run_training(dls, # fastai DataLoaders
                  train=None, # optional `f(learn, epochs, lr)` that trains instead of `fit_one_cycle`
                  model_kwargs:dict|None=None, # keyword arguments for `zoo_model`
                  wd:float|None=None, # weight decay (fastai default when None)
+                 valid_every:int=1, # validate every this many epochs and after the last (0: after the last only; curves get None)
                  **learner_kwargs)->dict:
     "Train `model` once and return a record: final validation accuracy, curves, seconds per epoch, the learner"
     set_seed(seed, reproducible=True)
@@ -49,13 +65,14 @@ def run_training(dls, # fastai DataLoaders
     elif not isinstance(model, nn.Module) and callable(model): model = model(**(model_kwargs or {}))
     name = getattr(model, 'name', type(model).__name__)
     timer = EpochTimer()
+    fit_cbs = [timer] + ([ValidateEvery(valid_every)] if valid_every != 1 else [])
     learn = Learner(dls, model, metrics=accuracy, wd=wd, **learner_kwargs)
     with learn.no_bar(), learn.no_logging(), launched_ctx(learn):  # several processes (torchrun): fastai's DDP
-        if train is None: learn.fit_one_cycle(epochs, lr, cbs=[timer] + list(cbs or []))
+        if train is None: learn.fit_one_cycle(epochs, lr, cbs=fit_cbs + list(cbs or []))
         else:
-            learn.add_cb(timer)
+            learn.add_cbs(fit_cbs)
             try: train(learn, epochs, lr)
-            finally: learn.remove_cb(timer)
+            finally: learn.remove_cbs(fit_cbs)
     names = learn.recorder.metric_names[1:-1]  # drop 'epoch' and 'time'
     vals = [dict(zip(names, v)) for v in learn.recorder.values]
     acc_curve = [v.get('accuracy') for v in vals]
@@ -64,6 +81,45 @@ def run_training(dls, # fastai DataLoaders
                 acc_curve=acc_curve, train_loss=[v.get('train_loss') for v in vals],
                 valid_loss=[v.get('valid_loss') for v in vals],
                 sec_per_epoch=float(np.mean(timer.times)) if timer.times else float('nan'), learn=learn)
+
+# %% ../nbs/05_experiments.ipynb #1b7ed6e3
+_TASKS = None  # (tasks, threads): set in each forked worker of `run_in_processes`
+
+def _init_worker(tasks, threads):
+    global _TASKS
+    _TASKS = tasks
+    torch.set_num_threads(threads)
+
+def _run_task(i:int):
+    r = _TASKS[i]()
+    if isinstance(r, dict): r.pop('learn', None)  # a Learner does not travel between processes
+    return r
+
+def run_in_processes(tasks, # functions without arguments, e.g. `partial(run_training, dls, 'resnet8', 10, seed=s)`
+                     jobs:int=2, # processes at once; 1: one after another in this process (records keep `learn`)
+                     threads:int|None=None, # torch threads per process (default: this process's threads divided by `jobs`)
+                     on_result=None, # called as `on_result(i, result)` in task order as the results arrive
+                    )->list:
+    "Call `tasks` on the CPU, `jobs` at a time, each in a forked process; return their results in order"
+    tasks = list(tasks)
+    if not isinstance(jobs, int) or jobs < 1: raise ValueError(f"jobs must be a whole number of at least 1, got {jobs!r}.")
+    results = []
+    def collect(i, r):
+        results.append(r)
+        if on_result is not None: on_result(i, r)
+    if jobs == 1 or len(tasks) <= 1:
+        for i, t in enumerate(tasks): collect(i, t())
+        return results
+    if 'fork' not in mp.get_all_start_methods():
+        raise RuntimeError("run_in_processes needs the 'fork' start method (Linux); use jobs=1 on this system.")
+    if torch.cuda.is_initialized():
+        raise RuntimeError("run_in_processes trains on the CPU in forked processes, and CUDA cannot be used in a process "
+                           "forked after it started: use jobs=1 on a GPU (or torchrun for several GPUs, see kd_fastai.ddp).")
+    threads = threads or max(1, torch.get_num_threads() // jobs)
+    with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=mp.get_context('fork'),
+                             initializer=_init_worker, initargs=(tasks, threads)) as ex:
+        for i, r in enumerate(ex.map(_run_task, range(len(tasks)))): collect(i, r)
+    return results
 
 # %% ../nbs/05_experiments.ipynb #982af5f2
 def mean_std(xs, pct:bool=True, digits:int=2)->str:
@@ -108,9 +164,10 @@ def plot_curves(runs, # records from `run_training`
     for r in runs: groups.setdefault(f"{r['model']} {r['method']}", []).append(r['acc_curve'])
     for label, curves in groups.items():
         n = min(len(c) for c in curves)
-        a = np.array([c[:n] for c in curves], dtype=float) * 100
-        x = np.arange(1, n + 1)
-        ax.plot(x, a.mean(0), label=label)
+        a = np.array([[np.nan if v is None else v for v in c[:n]] for c in curves], dtype=float) * 100
+        x, ok = np.arange(1, n + 1), ~np.isnan(a).any(0)  # epochs without validation (`valid_every`) are left out
+        a, x = a[:, ok], x[ok]
+        ax.plot(x, a.mean(0), label=label, marker='o' if len(x) < n else None)
         if len(a) > 1: ax.fill_between(x, a.mean(0) - a.std(0, ddof=1), a.mean(0) + a.std(0, ddof=1), alpha=.2)
     ax.set_xlabel('epoch'); ax.set_ylabel('accuracy (%)'); ax.set_title(title); ax.legend(); ax.grid(alpha=.3)
     fig.tight_layout()

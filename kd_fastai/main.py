@@ -5,18 +5,21 @@
 # %% ../nbs/80_main.ipynb #5d66259e
 from __future__ import annotations
 import argparse, hashlib, inspect, json, sys, time
+from functools import partial
 from pathlib import Path
 import pandas as pd
 import torch
 from torch import nn
 from fastai.learner import Learner
 from fastai.metrics import accuracy
+from fastai.torch_core import default_device
+from fastai.distributed import num_distrib
 from fastprogress.fastprogress import progress_bar
 from .data import fashion_mnist_dls
 from .models import zoo_model, count_parameters, resolve_model_name
 from .tv_models import TV_PREFIX, load_state_dict_file
 from .pretrained import pretrained_teacher, pretrained_info
-from .experiments import run_training, summarize_runs, to_markdown, plot_curves
+from .experiments import run_training, run_in_processes, summarize_runs, to_markdown, plot_curves
 from .ddp import is_rank0, barrier
 import kd_fastai.methods as kdm  # the registry, read at call time: METHODS, resolve_method, method_callback, method_args
 
@@ -27,9 +30,10 @@ __all__ = ['PRESETS', 'PRETRAINED_PREFIX', 'OVERHAUL', 'get_teacher', 'method_ch
 # %% ../nbs/80_main.ipynb #dcc5acf9
 PRESETS = {
     # `make demo`: under 3 minutes on 2 CPU cores; the shipped teacher (trained on all 60,000 images, `pretrained_teacher`)
-    # and its logits from the teacher-output cache; the authors' KD settings (T=4, alpha=0.9)
+    # and its logits from the teacher-output cache; the authors' KD settings (T=4, alpha=0.9); two runs at once (one per core);
+    # the 10,000 test images after epochs 5 and 10 only (they cost a third of an epoch's time when they follow each one)
     'quick': dict(teacher='pretrained:model_143k_wo_dw', student='model_25k_wo_dw', teacher_epochs=0, epochs=10, seeds=2,
-                  fraction=0.1, teacher_cache=True),
+                  fraction=0.1, teacher_cache=True, jobs=2, valid_every=5),
     # the committed Fashion-MNIST result (results/kd_results.md): seed 002's 1/4-of-the-data protocol
     'full': dict(teacher='model_340k_wo_dw', student='model_25k_wo_dw', teacher_epochs=10, epochs=10, seeds=3, fraction=0.25),
 }
@@ -138,6 +142,14 @@ def _method_cbs(method, teacher, kw)->list:
     return list(cb) if isinstance(cb, (list, tuple)) else [cb]
 
 # %% ../nbs/80_main.ipynb #91913f68
+def _check_jobs(jobs, dls):
+    "Refuse `jobs` > 1 where runs cannot be forked side by side on the CPU, before any data is read"
+    if not isinstance(jobs, int) or jobs < 1: raise ValueError(f"jobs must be a whole number of at least 1, got {jobs!r}.")
+    if num_distrib() > 1: raise ValueError("jobs > 1 does not go with a launch in several processes (torchrun): use jobs=1.")
+    dev = dls.device if dls is not None else default_device()
+    if dev is not None and torch.device(dev).type != 'cpu':
+        raise ValueError(f"jobs > 1 trains on the CPU in forked processes, and the data is on {dev}: use jobs=1 (one run fills a GPU).")
+
 def distill_experiment(teacher:str='model_1M_wo_dw', # zoo name of the teacher ('torchvision:<name>' for a torchvision one)
                        student:str='model_25k_wo_dw', # zoo name of the student
                        epochs:int=8, # student epochs (baseline and KD alike)
@@ -160,6 +172,8 @@ def distill_experiment(teacher:str='model_1M_wo_dw', # zoo name of the teacher (
                        method_kwargs:dict|None=None, # more arguments of the method's callback, e.g. dict(beta=8.) for DKD
                        teacher_weights:str|None=None, # local weights file the teacher starts from (nothing downloads)
                        teacher_cache:bool=False, # the teacher's logits from the teacher-output cache (methods that allow it)
+                       jobs:int=1, # runs trained at once, each in its own process with its share of the threads (CPU only)
+                       valid_every:int=1, # validate every this many epochs and after the last (0: after the last only)
                        log=print)->pd.DataFrame:
     "Teacher, then student baseline and student with the distillation method for each seed; returns the summary table"
     method = job_method(method, overhaul)  # clear errors before any data is read or anything trains
@@ -169,6 +183,7 @@ def distill_experiment(teacher:str='model_1M_wo_dw', # zoo name of the teacher (
     if teacher_weights: load_state_dict_file(teacher_weights)  # a missing or unreadable file fails here
     elif teacher.lower().startswith(PRETRAINED_PREFIX): pretrained_info(teacher[len(PRETRAINED_PREFIX):])  # unknown: fails here
     elif not teacher_epochs: raise ValueError("teacher_epochs=0 uses the teacher as loaded: give teacher_weights (a local file).")
+    if jobs != 1: _check_jobs(jobs, dls)
     tag = tag or ('kd' if method == 'kd' else method.replace('+', '_'))
     out, cache = Path(out), Path(cache)
     rank0 = is_rank0()  # launched in several processes: every rank trains, only rank 0 logs and writes files
@@ -179,13 +194,22 @@ def distill_experiment(teacher:str='model_1M_wo_dw', # zoo name of the teacher (
                                         in_channels=in_channels, weights=teacher_weights)
     t_params = count_parameters(t_model)
     run_kwargs = {**cb_kwargs, 'cache': True, 'verbose': False} if teacher_cache else cb_kwargs
-    runs = []
-    kw = dict(model_kwargs=dict(in_channels=in_channels, num_classes=dls.c))
-    for seed in (progress_bar(range(seeds), leave=False) if progress else range(seeds)):  # fastprogress draws even when display=False
-        t0 = time.time()
-        runs.append(run_training(dls, student, epochs, lr, seed=seed, method='baseline', **kw))
-        runs.append(run_training(dls, student, epochs, lr, seed=seed, method=label, cbs=_method_cbs(method, t_model, run_kwargs), **kw))
-        log(f"seed {seed}: baseline {runs[-2]['accuracy']*100:.2f}%, {label} {runs[-1]['accuracy']*100:.2f}% ({time.time()-t0:.0f}s)")
+    kw = dict(model_kwargs=dict(in_channels=in_channels, num_classes=dls.c), valid_every=valid_every)
+    tasks = []  # baseline and method for each seed; called here one after another, or `jobs` at a time in forked processes
+    for seed in range(seeds):
+        tasks.append(partial(run_training, dls, student, epochs, lr, seed=seed, method='baseline', **kw))
+        tasks.append(lambda seed=seed: run_training(dls, student, epochs, lr, seed=seed, method=label,
+                                                    cbs=_method_cbs(method, t_model, run_kwargs), **kw))
+    runs, t0 = [], time.time()
+    pbar = progress_bar(range(len(tasks)), leave=False) if progress else None  # fastprogress draws even when display=False
+    if pbar is not None: pbar.update(0)
+    def collect(i, r):
+        runs.append(r)
+        if pbar is not None: pbar.update(i + 1)
+        if i % 2: log(f"seed {i // 2}: baseline {runs[-2]['accuracy']*100:.2f}%, {label} {r['accuracy']*100:.2f}% "
+                      f"({time.time()-t0:.0f}s so far)")
+    run_in_processes(tasks, jobs, on_result=collect)
+    if pbar is not None: pbar.on_iter_end()
     table = summarize_runs(runs, teacher_params=t_params)
     teacher_row = pd.DataFrame([{'model': teacher, 'method': 'teacher', 'seeds': 1, 'params': t_params,
                                  'accuracy (%)': f"{t_acc*100:.2f}", 'acc_mean': t_acc * 100, 'acc_std': 0.,
@@ -227,7 +251,9 @@ def _parser():
     add('out', help='output folder (default: kd_runs)')
     add('cache', help='teacher cache folder (default: .kd_cache)')
     add('data', help='Fashion-MNIST folder (default: auto-detect)')
-    add('threads', type=int, help='torch CPU threads (default: torch default)')
+    add('threads', type=int, help='torch CPU threads (default: torch default), shared by the --jobs processes')
+    add('jobs', type=int, help='runs trained at once in forked processes, on the CPU (default: 1; the quick preset: 2)')
+    add('valid_every', type=int, help='validate every N epochs and after the last, 0: after the last only (default: 1; the quick preset: 5)')
     return p
 
 def run_cli(argv=None)->pd.DataFrame:

@@ -69,3 +69,17 @@ def test_experiment_helpers(tmp_path):
     assert table.seeds[0] == 2
     plot_curves(runs, tmp_path/'c.png')
     assert (tmp_path/'c.png').exists()
+
+
+def test_runs_in_processes_and_validate_every():
+    from functools import partial
+    dls = synthetic_dls(seed=0)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tasks = [partial(run_training, dls, lambda: small_net(width=4), 2, seed=s, valid_every=0) for s in range(2)]
+        here = [t() for t in tasks]
+        forked = run_in_processes(tasks, jobs=2)
+    finally: torch.set_num_threads(n)
+    assert [r['acc_curve'][0] for r in here] == [None, None] and all('learn' not in r for r in forked)
+    for a, b in zip(here, forked): assert a['accuracy'] == pytest.approx(b['accuracy']) and a['train_loss'] == pytest.approx(b['train_loss'])
