@@ -217,9 +217,9 @@ def pair_kwargs(method, teacher, student):
 
 
 def cache_kwargs(args, method, teacher_file):
-    "The teacher-output cache of `method`, one folder per teacher file shared by every seed and logit method (SDD's regional logits: their own)"
+    "The teacher-output cache of `method`, one folder per teacher file shared by every seed and logit method (SDD's regional logits and MLKD's strong views: their own)"
     if not args.cache or method is None or method.removesuffix('+ls') in UNCACHED or method.split('+')[0] in FEATURE_KEYS: return {}
-    own = '_sdd' if method == 'sdd' else ''
+    own = {'sdd': '_sdd', 'mlkd': '_mlkd', 'mlkd+ls': '_mlkd'}.get(method, '')  # what they cache is their own
     return dict(cache_path=Path(args.teachers)/f'cache_{teacher_file.stem}_v{args.views}{own}',
                 cache_kwargs=dict(views=args.views, verbose=False) if args.augment else dict(verbose=False))
 

@@ -249,7 +249,7 @@ class TeacherCache:
              device=None, # where the teacher runs (default: where its weights are)
              teacher_dtype=None, # autocast dtype for the teacher (torch.bfloat16/float16), None: full precision
              channels_last:bool|None=None, # channels-last memory format (None: on CUDA only)
-             output=None, # f(model, xb) -> (B, K) values to store per item (default: the model's first output, its logits)
+             output=None, # f(model, xb, keys) -> (B, K) values to store per item (default: the model's first output, its logits)
             ):
         "Run `teacher` once over `batches` in inference mode and store its outputs; writes `meta.json` when on disk"
         ft = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
@@ -270,7 +270,7 @@ class TeacherCache:
                 for xb, keys in batches:
                     xb = tuple(x.to(dev, non_blocking=True) for x in xb)
                     if cl: xb = tuple(x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x for x in xb)
-                    self.store(keys, first_output(model(*xb)) if output is None else output(model, xb), xb[0])
+                    self.store(keys, first_output(model(*xb)) if output is None else output(model, xb, keys), xb[0])
                     seen += len(keys)
         finally:
             if fmt is False: model.to(memory_format=torch.contiguous_format)

@@ -25,7 +25,7 @@ from .ddp import plain_dl, is_distributed, is_rank0, broadcast_object
 
 # %% auto #0
 __all__ = ['CACHE_ARGS', 'ItemOrder', 'random_tfms', 'random_probe', 'replay_api', 'random_reasons', 'ViewReplay', 'ReplayedTfm',
-           'TeacherCacheMixin', 'CachedKDCallback', 'cached_callback', 'indexed_dls']
+           'TeacherCacheMixin', 'CachedKDCallback', 'register_cached', 'cached_callback', 'indexed_dls']
 
 # %% ../nbs/15_cached_kd.ipynb #cbee87b8
 def _recording_get_idxs(self):
@@ -243,6 +243,7 @@ class TeacherCacheMixin:
                 return c
             except ValueError as e: warnings.warn(f"Not reusing the {kind} teacher cache: {e}. Rebuilding it.")
         own = getattr(self, 'cache_values', None)  # a method that stores more than the logits (its width: from the first batch)
+        self.filling = kind  # `cache_values` may store other things for the validation set (MLKD: no strong views)
         c = TeacherCache(n_keys, None if own else getattr(self.dls, 'c', None), self.dtype, self.topk, self.topk_mode, path=folder,
                          memory_budget=self.memory_budget, fingerprint=fp, sig_dim=_SIG_DIM)
         c.fill(self.teacher, batches, device=self.dls.device, teacher_dtype=getattr(self, 'teacher_dtype', None) or self.teacher.dtype, output=own)
@@ -310,24 +311,31 @@ class TeacherCacheMixin:
         return order
 
     def before_batch(self):
+        self.keys = self._batch_keys()  # before the callback's own `before_batch`, which may add inputs (MLKD's strong view)
         super().before_batch()
-        self.keys = None
-        if not self.active: return
+
+    def _batch_keys(self):
+        "The cache keys of the loader's batch, None where the cache does not cover it"
+        if not self.active: return None
         kind = 'train' if self.training else 'valid'
         dl, order = self._loaders.get(kind, (None, None))
-        if dl is None or self.dl is not dl: return  # another loader: the live teacher
-        self.keys = self._replay.keys if kind == 'train' and self._replay is not None else order.take(find_bs(self.xb))
+        if dl is None or self.dl is not dl: return None  # another loader: the live teacher
+        return self._replay.keys if kind == 'train' and self._replay is not None else order.take(find_bs(self.xb))
 
     def teacher_output(self):
         "Teacher logits of the current batch: from the cache when it covers the batch, else from the live teacher"
         if self.keys is None: return super().teacher_output()
-        cache = self.caches['train' if self.training else 'valid']
-        if len(self.keys) != find_bs(self.xb): raise RuntimeError(f"{type(self).__name__}: the batch holds {find_bs(self.xb)} inputs but {len(self.keys)} items were expected.")
-        if self.input_tol is not None:
-            bad = cache.input_mismatch(self.keys, self.xb[0], self.input_tol)
-            if bad.any(): self._mismatch(int(bad.sum()), len(bad))
-        out = cache.lookup(self.keys, device=self.pred.device)
+        out = self.cached_values(self.xb[0])
         return self.from_cache(out) if hasattr(self, 'from_cache') else out
+
+    def cached_values(self, x):
+        "What the cache holds for the current batch's items, once `x` is checked to be their inputs"
+        cache = self.caches['train' if self.training else 'valid']
+        if len(self.keys) != len(x): raise RuntimeError(f"{type(self).__name__}: the batch holds {len(x)} inputs but {len(self.keys)} items were expected.")
+        if self.input_tol is not None:
+            bad = cache.input_mismatch(self.keys, x, self.input_tol)
+            if bad.any(): self._mismatch(int(bad.sum()), len(bad))
+        return cache.lookup(self.keys, device=self.pred.device)
 
     def _mismatch(self, n_bad, n):
         cbs = [type(cb).__name__ for cb in self.learn.cbs if cb is not self and 'before_batch' in type(cb).__dict__
@@ -368,12 +376,18 @@ class CachedKDCallback(TeacherCacheMixin, KDCallback):
         self.init_cache(path=path, views=views, view_seed=view_seed, input_tol=input_tol, dtype=dtype, topk=topk,
                         topk_mode=topk_mode, memory_budget=memory_budget, fill_bs=fill_bs, verbose=verbose)
 
-_CACHED = {KDCallback: CachedKDCallback}
+_CACHED = {KDCallback: CachedKDCallback}  # callback -> its cached form (`register_cached`), or made by `cached_callback`
+
+def register_cached(cls, cached_cls):
+    "Make `cached_callback(cls)` give `cached_cls`: a cached form written by hand, for a method the generic one cannot serve"
+    _CACHED[cls] = cached_cls
+    return cached_cls
 _LIVE_HOOKS = ('before_batch', 'after_pred', 'teacher_output')  # where a method could feed the teacher other inputs than the loader's batch
 
 def cached_callback(cls):
     "The class of the `KDCallback` subclass `cls` with its teacher outputs from the teacher-output cache (`TeacherCacheMixin`)"
     if issubclass(cls, TeacherCacheMixin): return cls
+    if cls in _CACHED: return _CACHED[cls]
     if not issubclass(cls, KDCallback): raise TypeError(f"cached_callback needs a KDCallback subclass, got {cls.__name__}.")
     why = getattr(cls, 'uncached_because', None)
     changed = [h for h in _LIVE_HOOKS for c in cls.__mro__[:cls.__mro__.index(KDCallback)] if h in vars(c)]

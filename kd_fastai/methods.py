@@ -80,10 +80,7 @@ def method_args(cls)->set:
                       if n not in ('self', 'teacher') and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
     return names
 
-UNCACHED = {  # methods whose teacher outputs the teacher-output cache cannot hold, and why
-    'mlkd': "its teacher runs on a strong view drawn at random at every step (RandAugment-style), so no fixed teacher "
-            "output exists per item",
-}
+UNCACHED = {}  # methods whose teacher outputs the teacher-output cache cannot hold, and why (every logit method can now)
 
 def method_callback(method:str, teacher, standardize:bool=False,
                     cache:bool=False, # teacher logits from the teacher-output cache (`cached_callback`)
@@ -111,7 +108,7 @@ def distill(self:Learner, teacher, n_epoch:int, lr=None, # the teacher, number o
             metrics:bool=True, # report `distill_loss` and `teacher_agreement` during validation
             fit:str='fit_one_cycle', # name of the Learner method that trains: 'fit_one_cycle', 'fit', 'fit_flat_cos'...
             cbs=None, # extra callbacks for this call only
-            cache:bool=False, # teacher outputs from the teacher-output cache, filled once (every logit method but MLKD)
+            cache:bool=False, # teacher outputs from the teacher-output cache, filled once (every logit method)
             cache_path=None, # folder of the teacher caches, reused by later runs (implies `cache=True`)
             cache_kwargs:dict|None=None, # more cache arguments (`CACHE_ARGS`: views, dtype, topk, verbose, ...)
             **kwargs): # the method's hyper-parameters (T, alpha, beta, warmup, ...; see its callback), then the fit's

@@ -10,9 +10,11 @@ import torch.nn.functional as F
 from fastcore.basics import store_attr
 from .losses import mlkd_loss, mlkd_masks
 from .logit import LogitKDCallback
+from .teacher import first_output
+from .cached_kd import TeacherCacheMixin, register_cached
 
 # %% auto #0
-__all__ = ['STRONG_OPS', 'MLKD_LEVELS', 'cutout', 'StrongAugment', 'MLKDCallback']
+__all__ = ['STRONG_OPS', 'MLKD_LEVELS', 'cutout', 'StrongAugment', 'keyed_uniform', 'MLKDCallback', 'CachedMLKDCallback']
 
 # %% ../nbs/22_mlkd.ipynb #5f5c54e6
 def _stats(x):
@@ -51,11 +53,13 @@ STRONG_OPS = {
     'flip':      lambda x, m: x.flip(-1),
 }  # name -> f(images (b, C, H, W), magnitudes (b,) in [0, 1])
 
-def cutout(x, max_frac:float=0.5):
+def cutout(x, max_frac:float=0.5,
+           u=None): # (B, 3) numbers in [0, 1) for each image's side, centre row and column (None: random ones)
     "Fill a random square of side up to `max_frac` of the image (random centre) with the image mean, per image"
     b, _, h, w = x.shape
-    side = (torch.rand(b, device=x.device) * max_frac * min(h, w)).view(-1, 1, 1)
-    cy, cx = (torch.rand(b, device=x.device) * h).view(-1, 1, 1), (torch.rand(b, device=x.device) * w).view(-1, 1, 1)
+    r = (lambda j: torch.rand(b, device=x.device)) if u is None else (lambda j: u[:, j].to(x.device))
+    side = (r(0) * max_frac * min(h, w)).view(-1, 1, 1)
+    cy, cx = (r(1) * h).view(-1, 1, 1), (r(2) * w).view(-1, 1, 1)
     ys, xs = torch.arange(h, device=x.device).view(1, -1, 1), torch.arange(w, device=x.device).view(1, 1, -1)
     inside = ((ys - cy).abs() <= side / 2) & ((xs - cx).abs() <= side / 2)
     return torch.where(inside[:, None], _stats(x)[0].to(x.dtype), x)
@@ -73,18 +77,44 @@ class StrongAugment:
         self.ops = ops if isinstance(ops, dict) else list(ops)  # names are looked up at call time (picklable)
         store_attr('n,cutout')
 
-    def __call__(self, x):
+    def __repr__(self):
+        ops = list(self.ops) if isinstance(self.ops, dict) else self.ops
+        return f"StrongAugment(n={self.n}, ops={ops}, cutout={self.cutout})"
+
+    @property
+    def n_draws(self)->int: return 2 * self.n + 3  # numbers that fix one image's strong view: (op, magnitude) per op, Cutout's 3
+
+    def __call__(self, x,
+                 u=None): # (B, `n_draws`) numbers in [0, 1) that fix each image's ops, magnitudes and Cutout (None: random ones)
         if x.ndim != 4: raise ValueError(f"StrongAugment expects a batch of images (B, C, H, W), got shape {tuple(x.shape)}.")
+        if u is not None and tuple(u.shape) != (len(x), self.n_draws):
+            raise ValueError(f"u must hold {self.n_draws} numbers per image, shape {(len(x), self.n_draws)}, got {tuple(u.shape)}.")
         fns = list(self.ops.values()) if isinstance(self.ops, dict) else [STRONG_OPS[k] for k in self.ops]
         dtype, x = x.dtype, x.float()  # ops in float32, the batch's dtype back
-        for _ in range(self.n):
-            which, mag = torch.randint(len(fns), (len(x),), device=x.device), torch.rand(len(x), device=x.device)
+        for i in range(self.n):
+            if u is None: which, mag = torch.randint(len(fns), (len(x),), device=x.device), torch.rand(len(x), device=x.device)
+            else: which, mag = (u[:, 2 * i] * len(fns)).long().clamp_max(len(fns) - 1).to(x.device), u[:, 2 * i + 1].to(x.device)
             out = x.clone()
             for j, f in enumerate(fns):
                 sel = which == j
                 if sel.any(): out[sel] = f(x[sel], mag[sel])
             x = out
-        return (cutout(x, self.cutout) if self.cutout else x).to(dtype)
+        return (cutout(x, self.cutout, None if u is None else u[:, -3:]) if self.cutout else x).to(dtype)
+
+_M32 = 0xFFFFFFFF
+def _mix32(h):
+    "A 32-bit integer hash (xor-shift-multiply rounds; multipliers below 2**31 keep int64 products exact)"
+    h = h ^ (h >> 16); h = (h * 0x7FEB352D) & _M32
+    h = h ^ (h >> 15); h = (h * 0x5BD1E995) & _M32
+    return h ^ (h >> 16)
+
+def keyed_uniform(keys, # integer keys (any shape), e.g. the items of a batch
+                  n:int, # numbers per key
+                  seed:int=0):
+    "`n` numbers in [0, 1) per key, a fixed function of (key, seed): the same key gives the same numbers in every run and process"
+    k = torch.as_tensor(keys, dtype=torch.long).cpu().reshape(-1, 1) * n + torch.arange(n)
+    h = _mix32(_mix32(k & _M32) ^ _mix32(torch.tensor(seed & _M32) + (k >> 32)))
+    return h.double().div(2.0 ** 32).float()
 
 # %% ../nbs/22_mlkd.ipynb #3b278634
 MLKD_LEVELS = ('instance', 'batch', 'class')  # the terms of MLKD's weak view
@@ -119,11 +149,12 @@ class MLKDCallback(LogitKDCallback):
         if not (self.active and self.training): return
         if len(self.xb) != 1: raise ValueError(f"MLKDCallback needs one image input per batch, got {len(self.xb)} inputs.")
         x = self.xb[0]
-        with torch.no_grad(): strong = self.strong_aug(x)
+        with torch.no_grad(): strong = self.strong_view(x)
         self.n_weak = len(x)
         self.learn.xb = (torch.cat([x, strong]),)               # one forward of the student (and teacher) on both views
         self.learn.yb = tuple(torch.cat([y, y]) for y in self.yb)
 
+    def strong_view(self, x): return self.strong_aug(x)
     def teacher_logits(self): return self.teacher_out if self.n_weak is None else self.teacher_out[:self.n_weak]
 
     def _mlkd(self, s, t, weak:bool):
@@ -149,3 +180,52 @@ class MLKDCallback(LogitKDCallback):
         self.learn.loss_grad = self._value(self.ce_weight) * ce + self.kd_scale() * kd
         self.learn.loss = self.learn.loss_grad.detach().clone()
         self.learn.xb, self.learn.yb, self.learn.pred = (self.xb[0][:n],), yw, pred[:n]  # metrics see the weak view only
+
+# %% ../nbs/22_mlkd.ipynb #84de5ffc
+class CachedMLKDCallback(TeacherCacheMixin, MLKDCallback):
+    "`MLKDCallback` with the teacher's logits of the weak view and of pre-drawn strong views from the teacher-output cache"
+    _stateattrs = MLKDCallback._stateattrs + TeacherCacheMixin.cache_stateattrs + ('strong_k',)
+    def __init__(self,
+                 teacher, # as `MLKDCallback`
+                 strong_views:int|None=None, # strong views per cached weak view (None: 1 with replayed views, `views=`, else 8)
+                 **kwargs, # `MLKDCallback`'s arguments and the cache's (path, views, view_seed, dtype, ...)
+                ):
+        if strong_views is not None and (isinstance(strong_views, bool) or not isinstance(strong_views, int) or strong_views < 1):
+            raise ValueError(f"strong_views must be a positive integer (strong views per cached view), got {strong_views!r}.")
+        self.strong_views, self.strong_k = strong_views, None
+        super().__init__(teacher, **kwargs)
+        if not isinstance(self.strong_aug, StrongAugment):
+            raise ValueError(f"{type(self).__name__} fixes each item's strong views in advance, which needs a StrongAugment (or a dict of "
+                             f"its options) as strong_aug, not {type(self.strong_aug).__name__}: use MLKDCallback (live teacher) instead.")
+
+    @property
+    def n_strong(self)->int: return self.strong_views or (1 if self.__dict__.get('views') is not None else 8)
+    @property
+    def cache_what(self):  # enters the cache's fingerprint (read during `init_cache` too, before the cache settings are stored)
+        return f"MLKD weak view + {self.n_strong} strong view(s) per key, {self.strong_aug!r}, seed {self.__dict__.get('view_seed', 0)}"
+
+    def _strong_u(self, keys, k):
+        "The numbers that fix strong view `k` of each key"
+        return keyed_uniform(torch.as_tensor(keys).cpu() * self.n_strong + k, self.strong_aug.n_draws, self.view_seed)
+
+    def cache_values(self, model, xb, keys):
+        "Per key: the teacher's logits of the weak view and of its strong views (training set); of the weak view (validation set)"
+        outs = [first_output(model(*xb))]
+        if getattr(self, 'filling', 'train') == 'train':
+            outs += [first_output(model(self.strong_aug(xb[0], u=self._strong_u(keys, k)))) for k in range(self.n_strong)]
+        return torch.stack(outs, 1).flatten(1)
+
+    def strong_view(self, x):
+        if self.keys is None: return super().strong_view(x)  # a batch the cache does not cover: a fresh random view
+        self.strong_k = torch.randint(self.n_strong, (len(x),))
+        return self.strong_aug(x, u=self._strong_u(self.keys, self.strong_k))
+
+    def teacher_output(self):
+        if self.keys is None: return super().teacher_output()
+        n = self.n_weak
+        v = self.cached_values(self.xb[0] if n is None else self.xb[0][:n])
+        if not self.training: return v  # the weak view's logits
+        v = v.unflatten(1, (1 + self.n_strong, -1))
+        return torch.cat([v[:, 0], v[torch.arange(n, device=v.device), 1 + self.strong_k.to(v.device)]])
+
+register_cached(MLKDCallback, CachedMLKDCallback)

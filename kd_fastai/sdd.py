@@ -138,7 +138,7 @@ class SDDCallback(LogitKDCallback):
     # the teacher-output cache (`learn.distill(..., method='sdd', cache=True)`, `cached_callback(SDDCallback)`)
     @property
     def cache_what(self): return f"SDD regional logits at scales {tuple(self.scales)}"  # enters the cache's fingerprint
-    def cache_values(self, model, xb):
+    def cache_values(self, model, xb, keys=None):
         "What the cache stores per item: the teacher's regional logits (B, C, N) flattened to (B, C*N), run during the fill"
         return self._teacher_regions(first_output(model(*xb))).flatten(1)
     def from_cache(self, values): return values.unflatten(1, (-1, 1 + sum(s * s for s in self.scales if s > 1)))
