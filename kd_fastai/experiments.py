@@ -83,12 +83,12 @@ def run_training(dls, # fastai DataLoaders
                 sec_per_epoch=float(np.mean(timer.times)) if timer.times else float('nan'), learn=learn)
 
 # %% ../nbs/05_experiments.ipynb #1b7ed6e3
-_TASKS = None  # (tasks, threads): set in each forked worker of `run_in_processes`
+_TASKS = None  # the tasks, set in each forked worker of `run_in_processes`
 
-def _init_worker(tasks, threads):
+def _init_worker(tasks):
     global _TASKS
     _TASKS = tasks
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)  # OpenMP's thread pool does not survive a fork: a forked process using more threads can hang
 
 def _run_task(i:int):
     r = _TASKS[i]()
@@ -96,8 +96,7 @@ def _run_task(i:int):
     return r
 
 def run_in_processes(tasks, # functions without arguments, e.g. `partial(run_training, dls, 'resnet8', 10, seed=s)`
-                     jobs:int=2, # processes at once; 1: one after another in this process (records keep `learn`)
-                     threads:int|None=None, # torch threads per process (default: this process's threads divided by `jobs`)
+                     jobs:int=2, # processes at once, one torch thread each; 1: one after another in this process (records keep `learn`)
                      on_result=None, # called as `on_result(i, result)` in task order as the results arrive
                     )->list:
     "Call `tasks` on the CPU, `jobs` at a time, each in a forked process; return their results in order"
@@ -115,9 +114,8 @@ def run_in_processes(tasks, # functions without arguments, e.g. `partial(run_tra
     if torch.cuda.is_initialized():
         raise RuntimeError("run_in_processes trains on the CPU in forked processes, and CUDA cannot be used in a process "
                            "forked after it started: use jobs=1 on a GPU (or torchrun for several GPUs, see kd_fastai.ddp).")
-    threads = threads or max(1, torch.get_num_threads() // jobs)
     with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=mp.get_context('fork'),
-                             initializer=_init_worker, initargs=(tasks, threads)) as ex:
+                             initializer=_init_worker, initargs=(tasks,)) as ex:
         for i, r in enumerate(ex.map(_run_task, range(len(tasks)))): collect(i, r)
     return results
 

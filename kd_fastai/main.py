@@ -172,7 +172,7 @@ def distill_experiment(teacher:str='model_1M_wo_dw', # zoo name of the teacher (
                        method_kwargs:dict|None=None, # more arguments of the method's callback, e.g. dict(beta=8.) for DKD
                        teacher_weights:str|None=None, # local weights file the teacher starts from (nothing downloads)
                        teacher_cache:bool=False, # the teacher's logits from the teacher-output cache (methods that allow it)
-                       jobs:int=1, # runs trained at once, each in its own process with its share of the threads (CPU only)
+                       jobs:int=1, # runs trained at once, each in its own process with one thread (CPU only; up to one per core)
                        valid_every:int=1, # validate every this many epochs and after the last (0: after the last only)
                        log=print)->pd.DataFrame:
     "Teacher, then student baseline and student with the distillation method for each seed; returns the summary table"
@@ -251,7 +251,7 @@ def _parser():
     add('out', help='output folder (default: kd_runs)')
     add('cache', help='teacher cache folder (default: .kd_cache)')
     add('data', help='Fashion-MNIST folder (default: auto-detect)')
-    add('threads', type=int, help='torch CPU threads (default: torch default), shared by the --jobs processes')
+    add('threads', type=int, help='torch CPU threads (default: torch default; with --jobs, 1 per process)')
     add('jobs', type=int, help='runs trained at once in forked processes, on the CPU (default: 1; the quick preset: 2)')
     add('valid_every', type=int, help='validate every N epochs and after the last, 0: after the last only (default: 1; the quick preset: 5)')
     return p

@@ -83,3 +83,16 @@ def test_runs_in_processes_and_validate_every():
     finally: torch.set_num_threads(n)
     assert [r['acc_curve'][0] for r in here] == [None, None] and all('learn' not in r for r in forked)
     for a, b in zip(here, forked): assert a['accuracy'] == pytest.approx(b['accuracy']) and a['train_loss'] == pytest.approx(b['train_loss'])
+
+
+def test_forked_runs_do_not_hang_after_threaded_work(tmp_path):
+    "A parent that ran torch on several threads, then forked runs: they finish (one thread each), in a child process with a timeout"
+    import subprocess, sys
+    script = tmp_path/'fork.py'
+    script.write_text(
+        "import torch\nfrom kd_fastai.experiments import run_in_processes\ntorch.set_num_threads(2)\n"
+        "a = torch.randn(256, 256)\nfor _ in range(10): a @ a\n"
+        "def task():\n    b = torch.randn(256, 256)\n    for _ in range(10): b @ b\n    return torch.get_num_threads()\n"
+        "print(run_in_processes([task] * 3, jobs=2))\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == '[1, 1, 1]', r.stderr[-2000:]
