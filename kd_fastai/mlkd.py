@@ -121,7 +121,7 @@ MLKD_LEVELS = ('instance', 'batch', 'class')  # the terms of MLKD's weak view
 
 class MLKDCallback(LogitKDCallback):
     "Multi-level logit distillation (Jin et al., CVPR 2023) on a weak and a strong view of each batch"
-    _stateattrs = LogitKDCallback._stateattrs + ('strong_aug',)  # a user's lambda must not break learn.export()
+    _stateattrs = LogitKDCallback._stateattrs + ('strong_aug', 'strong_x')  # a user's lambda must not break learn.export()
     defaults = dict(ce_weight=0.1, kd_weight=0.9, warmup=0, temperatures=(2., 3., 4., 5., 6.))
     ls_defaults = dict(ce_weight=0.1, kd_weight=9., warmup=0, temperatures=(2., 3., 5., 2., 6.))  # MLKD+LS: base temperature 2
     def __init__(self,
@@ -134,6 +134,7 @@ class MLKDCallback(LogitKDCallback):
                  warmup=None, # warm-up epochs (default none), or a schedule f(pct_train)
                  standardize:bool=False, # MLKD+LS: standardised instance terms with the LS authors' weights
                  levels=MLKD_LEVELS, # the weak view's terms (an ablation keeps fewer); the strong view always has the instance term only
+                 joint_forward:bool=False, # one student pass on the stacked views (BatchNorm statistics over both) instead of the official two
                  **kwargs, # `train_bn`, `valid_metrics`, `teacher_arch`, `teacher_dtype` (see `LogitKDCallback`)
                 ):
         super().__init__(teacher, mlkd_loss, ce_weight=ce_weight, kd_weight=kd_weight, warmup=warmup,
@@ -141,18 +142,26 @@ class MLKDCallback(LogitKDCallback):
         self.strong_aug = StrongAugment(**(strong_aug or {})) if strong_aug is None or isinstance(strong_aug, dict) else strong_aug
         bad = [l for l in levels if l not in MLKD_LEVELS]
         if bad or not levels: raise ValueError(f"levels must be a non-empty subset of {MLKD_LEVELS}, got {tuple(levels)}.")
-        self.q, self.levels, self.n_weak = q, tuple(levels), None
+        self.q, self.levels, self.joint_forward, self.n_weak, self.strong_x = q, tuple(levels), joint_forward, None, None
 
     def before_batch(self):
         super().before_batch()
-        self.n_weak = None
+        self.n_weak = self.strong_x = None
         if not (self.active and self.training): return
         if len(self.xb) != 1: raise ValueError(f"MLKDCallback needs one image input per batch, got {len(self.xb)} inputs.")
         x = self.xb[0]
         with torch.no_grad(): strong = self.strong_view(x)
         self.n_weak = len(x)
-        self.learn.xb = (torch.cat([x, strong]),)               # one forward of the student (and teacher) on both views
+        if self.joint_forward: self.learn.xb = (torch.cat([x, strong]),)  # one student pass on both views
+        else: self.strong_x = strong  # the student's pass on the weak view first, the strong one in `after_pred`
         self.learn.yb = tuple(torch.cat([y, y]) for y in self.yb)
+
+    def after_pred(self):
+        if self.strong_x is not None:  # the student's second pass (own BatchNorm statistics, as the official code), in the same autocast
+            strong, self.strong_x = self.strong_x, None
+            self.learn.pred = torch.cat([self.pred, self.learn.model(strong)])
+            self.learn.xb = (torch.cat([self.xb[0], strong]),)  # the teacher runs on both views at once (eval mode: same logits)
+        super().after_pred()
 
     def strong_view(self, x): return self.strong_aug(x)
     def teacher_logits(self): return self.teacher_out if self.n_weak is None else self.teacher_out[:self.n_weak]

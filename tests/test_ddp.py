@@ -100,7 +100,7 @@ def test_main_job_under_ddp(ranks):
     assert len(m0['teachers']) == 1                                     # one teacher file, written by rank 0
 
 def test_logit_methods_under_ddp(ranks):
-    "DKD, DIST, CLKD, MLKD (a doubled batch) and SDD (regional logits from hooks inside the DDP model) through `learn.distill`"
+    "DKD, DIST, CLKD, MLKD (two student passes per step) and SDD (regional logits from hooks inside the DDP model) through `learn.distill`"
     import ddp_worker as w
     for m in ('dkd', 'dist', 'clkd', 'mlkd', 'sdd'):
         a, b = ranks[0][m], ranks[1][m]
