@@ -244,9 +244,11 @@ class TeacherCacheMixin:
             except ValueError as e: warnings.warn(f"Not reusing the {kind} teacher cache: {e}. Rebuilding it.")
         own = getattr(self, 'cache_values', None)  # a method that stores more than the logits (its width: from the first batch)
         self.filling = kind  # `cache_values` may store other things for the validation set (MLKD: no strong views)
-        c = TeacherCache(n_keys, None if own else getattr(self.dls, 'c', None), self.dtype, self.topk, self.topk_mode, path=folder,
-                         memory_budget=self.memory_budget, fingerprint=fp, sig_dim=_SIG_DIM)
-        c.fill(self.teacher, batches, device=self.dls.device, teacher_dtype=getattr(self, 'teacher_dtype', None) or self.teacher.dtype, output=own)
+        try:
+            c = TeacherCache(n_keys, None if own else getattr(self.dls, 'c', None), self.dtype, self.topk, self.topk_mode, path=folder,
+                             memory_budget=self.memory_budget, fingerprint=fp, sig_dim=_SIG_DIM)
+            c.fill(self.teacher, batches, device=self.dls.device, teacher_dtype=getattr(self, 'teacher_dtype', None) or self.teacher.dtype, output=own)
+        finally: self.__dict__.pop('filling', None)  # only during the fill
         self._say(f"Filled the {kind} teacher cache in {c.fill_seconds:.1f} s: {c.report()}")
         return c
 

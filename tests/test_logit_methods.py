@@ -99,3 +99,38 @@ def test_cached_own_values_on_a_datablock_export_and_predict(folder, method):
     learn.export(f'{method}_cached.pkl')
     loaded = load_learner(d/f'{method}_cached.pkl')
     with loaded.no_bar(): torch.testing.assert_close(loaded.predict(item)[2], p)
+
+
+@pytest.fixture(scope='module')
+def vl_folder(tmp_path_factory):
+    "PNG folder (16 px), the DataBlock with and without aug_transforms, a vision_learner resnet18 teacher"
+    from fastai.vision.all import aug_transforms, vision_learner, resnet18
+    d = write_png_folder(tmp_path_factory.mktemp('vl'), n_train=8, n_valid=4, size=16)
+    norm = Normalize.from_stats([0.5], [0.25])
+    aug = folder_dls(d, bs=8, batch_tfms=[*aug_transforms(size=16, min_scale=0.8), norm])
+    plain = folder_dls(d, bs=8, batch_tfms=norm)
+    return d, aug, plain, vision_learner(plain, resnet18, pretrained=False, n_in=1).model.train()
+
+
+@pytest.mark.parametrize('method,cache', [(m, False) for m in ('kd', 'kd+ls', 'dkd', 'dkd+ls', 'dist', 'mlkd', 'mlkd+ls', 'sdd', 'clkd')]
+                                         + [(m, True) for m in ('dkd', 'mlkd', 'sdd')])
+def test_logit_method_vision_learner(vl_folder, method, cache):
+    "vision_learner resnet18 student and teacher: live on the DataBlock with aug_transforms, from the cache on the plain one"
+    from fastai.vision.all import vision_learner, resnet18
+    d, aug, plain, teacher = vl_folder
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    learn = vision_learner(plain if cache else aug, resnet18, pretrained=False, n_in=1, metrics=accuracy, path=d)
+    kw = dict(cache=True, cache_kwargs=dict(verbose=False)) if cache else {}
+    with learn.no_bar(), learn.no_logging(): learn.distill(teacher, 1, 1e-3, method=method, **kw)
+    assert 'distill_loss' in learn.recorder.metric_names
+    for k, v in teacher.state_dict().items(): assert torch.equal(v, before[k]), k
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in list(learn.model.modules()) + list(teacher.modules()))
+    assert not any(isinstance(cb, KDCallback) for cb in learn.cbs)
+    item = get_image_files(d/'valid')[0]
+    with learn.no_bar(): p = learn.predict(item)[2]
+    name = f"vl_{method.replace('+', '_')}{'_cached' if cache else ''}.pkl"
+    learn.export(name)
+    loaded = load_learner(d/name)
+    assert set(loaded.model.state_dict()) == set(learn.model.state_dict())
+    with loaded.no_bar(): torch.testing.assert_close(loaded.predict(item)[2], p)
