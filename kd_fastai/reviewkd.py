@@ -35,13 +35,13 @@ class ABF(nn.Module):
         "(output for the teacher's level, residual for the next shallower level)"
         x = self.conv1(x)
         if self.att is not None:
-            res = F.interpolate(res, size=x.shape[-2:], mode='nearest')
-            # `self.att` on the concatenation [x, res], written as two channel contractions: no concatenated copy, and
-            # about half the CPU time of a 2-output 1x1 convolution at full resolution (same weights, same result)
-            w, m = self.att[0].weight.flatten(1), x.shape[1]
-            a = self.att[1](torch.einsum('oc,bchw->bohw', w[:, :m], x) + torch.einsum('oc,bchw->bohw', w[:, m:], res)
-                            + self.att[0].bias[:, None, None])
-            x = x * a[:, :1] + res * a[:, 1:]
+            # `self.att` on the concatenation [x, upsampled res], written as two channel contractions: no concatenated copy,
+            # and res's share computed at res's own (lower) resolution, then upsampled: a nearest upsampling commutes with a
+            # 1x1 convolution (same weights, same result; about 0.6x the CPU time of a 2-output 1x1 conv on the concatenation)
+            w, m, size = self.att[0].weight.flatten(1), x.shape[1], x.shape[-2:]
+            low = torch.einsum('oc,bchw->bohw', w[:, m:], res) + self.att[0].bias[:, None, None]
+            a = self.att[1](torch.einsum('oc,bchw->bohw', w[:, :m], x) + F.interpolate(low, size=size, mode='nearest')).contiguous()
+            x = x * a[:, :1] + F.interpolate(res, size=size, mode='nearest') * a[:, 1:]
         if out_size is not None and tuple(x.shape[-2:]) != tuple(out_size): x = F.interpolate(x, size=tuple(out_size), mode='nearest')
         return self.conv2(x), x
 
