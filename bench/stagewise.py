@@ -8,8 +8,10 @@ once, at the end, on the full 10k test set; a 2,000-image slice of it is the per
 selected on it: `keep_best=False`, the last epoch counts).
 
     python bench/stagewise.py            # the committed table (about 25 minutes on one CPU thread)
+    python bench/stagewise.py --shipped-teacher resnet34_w8 --all-seeds resnet10 resnet14 resnet18 --full-seeds 0 1 2
+        # from the thin ResNet34 shipped with kd_fastai (trained on all 60,000 images: `bench/train_teachers.py`)
 """
-import argparse, random, sys, time
+import argparse, sys, time
 from pathlib import Path
 import pandas as pd
 import torch
@@ -44,6 +46,14 @@ def test_accuracy(learn, test_dl):
 
 
 def get_teacher(args):
+    if args.shipped_teacher:
+        from kd_fastai.pretrained import pretrained_teacher
+        teacher = pretrained_teacher(args.shipped_teacher)
+        info = teacher.pretrained_info
+        if info['arch'] != 'resnet34' or info.get('arch_kwargs', {}).get('width') != args.width:
+            raise SystemExit(f"--shipped-teacher {args.shipped_teacher} is {info['arch']} {info.get('arch_kwargs', {})}: "
+                             f"the students' blocks are joined to a resnet34 of width {args.width} (--width).")
+        return teacher, None
     path = Path(args.teacher_path)
     teacher = zoo_model('resnet34', in_channels=1, width=args.width, stem_stride=2)
     if path.exists() and not args.retrain_teacher:
@@ -131,6 +141,7 @@ if __name__ == '__main__':
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--teacher-path', default='/tmp/kd_fastai_bench/stagewise_teacher_resnet34_w8.pth')
     p.add_argument('--retrain-teacher', action='store_true')
+    p.add_argument('--shipped-teacher', default=None, help="a shipped teacher of kd_fastai (e.g. resnet34_w8) instead of one trained here")
     p.add_argument('--out', default=str(ROOT / 'results' / 'stagewise'))
     p.add_argument('--teacher-only', action='store_true')
     args = p.parse_args()
@@ -141,10 +152,16 @@ if __name__ == '__main__':
     tab = table(df, t_acc)
     md = to_markdown(tab)
     cmd = 'python bench/stagewise.py ' + ' '.join(sys.argv[1:])
+    if args.shipped_teacher:
+        from kd_fastai.pretrained import pretrained_info
+        t_cmd = pretrained_info(args.shipped_teacher)['command']
     text = (f"# Stagewise distillation on Fashion-MNIST (CPU scale)\n\nCommand: `{cmd.strip()}` "
             f"({(time.time()-t0)/60:.1f} min, {args.threads} thread)\n\n"
-            f"Teacher: resnet34 width {args.width}, stem stride 2, {t_params} parameters, trained here from scratch on all "
-            f"the training data for {args.teacher_epochs} epochs: test accuracy {t_acc*100:.2f}%.\n\n"
+            + (f"Teacher: the shipped `{args.shipped_teacher}` (resnet34 width {args.width}, stem stride 2, {t_params} "
+               f"parameters, trained on all 60,000 training images: `{t_cmd}`): test accuracy {t_acc*100:.2f}%.\n\n"
+               if args.shipped_teacher else
+               f"Teacher: resnet34 width {args.width}, stem stride 2, {t_params} parameters, trained here from scratch on all "
+               f"the training data for {args.teacher_epochs} epochs: test accuracy {t_acc*100:.2f}%.\n\n") +
             f"Students: width {args.width}, stem stride 2. Every epoch is {args.samples} training images. No teacher and "
             f"simultaneous: {args.epochs} epochs, one-cycle lr {args.lr}; simultaneous adds MSE of stem, layer1..4 "
             f"(weight {args.feat_weight}). Stagewise: {args.stage_epochs} epoch(s) per block (stem, layer1..4, lr {args.stage_lr}), "

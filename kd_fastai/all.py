@@ -27,6 +27,7 @@ from .hookpoints import *
 from .features import *
 from .stagewise import *
 from .cache import *
+from .views import *
 from .cached_kd import *
 from .logit import *
 from .dkd import *
@@ -45,6 +46,6 @@ import kd_fastai
 # a star import of this module re-exports every module's public names (`Learner.distill` etc. are patched on import)
 _MODULES = ('data', 'zoonet', 'models_004', 'tv_models',
             'models', 'feature_losses', 'losses', 'teacher', 'pretrained', 'restore', 'ddp', 'kd', 'experiments', 'leaderboard', 'takd', 'rco', 'selfkd',
-            'hookpoints', 'features', 'stagewise', 'cache', 'cached_kd', 'logit', 'dkd', 'dist', 'mlkd', 'sdd', 'clkd', 'rkd', 'crd',
+            'hookpoints', 'features', 'stagewise', 'cache', 'views', 'cached_kd', 'logit', 'dkd', 'dist', 'mlkd', 'sdd', 'clkd', 'rkd', 'crd',
             'fitnet', 'at', 'ofd', 'reviewkd', 'methods')
 __all__ = list(dict.fromkeys(n for m in _MODULES for n in getattr(kd_fastai, m).__all__))

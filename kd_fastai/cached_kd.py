@@ -4,172 +4,25 @@
 
 # %% ../nbs/15_cached_kd.ipynb #a27a38e8
 from __future__ import annotations
-import inspect, random, warnings
+import inspect, warnings
 from pathlib import Path
-from types import MethodType
-import numpy as np
 import torch
 from fastcore.basics import store_attr, patch
 from fastcore.meta import delegates
-from fastai.data.core import Transform, Pipeline
+from fastai.data.core import Pipeline
 from fastai.learner import Learner
-from fastai.torch_core import TensorImage, find_bs, to_device
+from fastai.torch_core import find_bs
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (patches Learner.fit_one_cycle)
 from fastai.callback.mixup import MixHandler
-from fastai.vision.augment import RandTransform, Resize
 from .losses import soft_target_loss
 from .teacher import FrozenTeacher
 from .kd import KDCallback, fit_distilling
 from .cache import TeacherCache, cache_fingerprint, describe_params, _as_cache_dtype
 from .ddp import plain_dl, is_distributed, is_rank0, broadcast_object
+from .views import ItemOrder, random_tfms, random_probe, random_reasons, ViewReplay, ReplayedTfm, _replayed_pipeline
 
 # %% auto #0
-__all__ = ['CACHE_ARGS', 'ItemOrder', 'random_tfms', 'random_probe', 'replay_api', 'random_reasons', 'ViewReplay', 'ReplayedTfm',
-           'TeacherCacheMixin', 'CachedKDCallback', 'register_cached', 'cached_callback', 'indexed_dls']
-
-# %% ../nbs/15_cached_kd.ipynb #cbee87b8
-def _recording_get_idxs(self):
-    "`get_idxs` of a loader watched by an `ItemOrder`: the loader's own order, also recorded"
-    order, orig = self.__dict__['_kd_item_order']
-    idxs = list(orig())
-    order.start(idxs)
-    return idxs
-
-class ItemOrder:
-    "The data set indices of each batch of loader `dl`, read from the order its `get_idxs` gives while attached"
-    def __init__(self, dl,
-                 on_pass=None, # `f(idxs)` called at the start of every pass over `dl`
-                ):
-        store_attr('dl,on_pass')
-        self.idxs, self.pos, self.last = None, 0, None
-
-    def attach(self):
-        "Record the order of every pass of `dl` from now on; returns the function that undoes it"
-        dl, base = self.dl, plain_dl(self.dl)  # fastai's DistributedDL: its own get_idxs gives this rank's shard of the order
-        if not getattr(base, 'indexed', True) or getattr(base, 'n', None) is None:
-            raise TypeError(f"{type(dl).__name__} iterates a data set without indices (or of unknown length): its batches cannot be matched to items.")
-        old = dl.__dict__.get('get_idxs')  # an instance-level `get_idxs` (e.g. CS-KD's class-pair sampler) stays in use
-        dl._kd_item_order = (self, dl.get_idxs)
-        dl.get_idxs = MethodType(_recording_get_idxs, dl)  # a bound method: `dl.new()` does not copy it to other loaders
-        def detach():
-            dl.__dict__.pop('_kd_item_order', None)
-            if old is None: dl.__dict__.pop('get_idxs', None)
-            else: dl.get_idxs = old
-        return detach
-
-    def start(self, idxs):
-        self.idxs, self.pos, self.last = torch.as_tensor(idxs, dtype=torch.long), 0, None
-        if self.on_pass is not None: self.on_pass(self.idxs)
-
-    def take(self, n:int)->torch.Tensor:
-        "Indices of the next batch, of `n` items"
-        if self.idxs is None: raise RuntimeError(f"No pass over this {type(self.dl).__name__} was recorded (attach before iterating).")
-        items = self.idxs[self.pos:self.pos + n]
-        if len(items) != n:
-            raise RuntimeError(f"A batch of {n} items arrived but only {len(items)} of the {len(self.idxs)} indices of this pass are left: "
-                               f"the batches of this {type(self.dl).__name__} do not follow the order of its get_idxs (skipped items?), "
-                               "so their items are unknown. Use KDCallback (it runs the teacher on every batch).")
-        self.pos += n
-        self.last = items
-        return items
-
-# %% ../nbs/15_cached_kd.ipynb #91ba83e3
-def _split(dl): return getattr(getattr(dl, 'dataset', None), 'split_idx', None)
-
-def random_tfms(dl)->list:
-    "The random transforms (fastai `RandTransform`s) acting on the batches of `dl`, as `(pipeline name, transform)`"
-    res = []
-    for name in ('after_item', 'before_batch', 'after_batch'):
-        for f in getattr(getattr(dl, name, None), 'fs', None) or []:
-            if not isinstance(f, RandTransform) or isinstance(f, Resize): continue
-            # split_idx None: fastai's convention is random on training batches, deterministic on validation ones (e.g. Flip, Rotate)
-            if f.split_idx == _split(dl) or (f.split_idx is None and _split(dl) != 1): res.append((name, f))
-    return res
-
-def random_probe(dl, n:int=4)->bool:
-    "Do the first `n` items of `dl` give different inputs on two draws? (random states are restored)"
-    idxs = list(range(min(n, dl.n or 0)))
-    if not idxs: return False
-    dev = dl.device if dl.device is not None else torch.device('cpu')
-    py, npy, rng = random.getstate(), np.random.get_state(), dl.rng.getstate()
-    with torch.random.fork_rng(devices=[dev] if dev.type == 'cuda' else []):
-        try:
-            dl.before_iter()
-            xs = []
-            for _ in range(2):
-                b = to_device(dl.do_batch([dl.do_item(i) for i in idxs]), dl.device)
-                xs.append(dl.after_batch(b)[0])
-        finally: random.setstate(py); np.random.set_state(npy); dl.rng.setstate(rng)
-    return not torch.equal(*xs)
-
-def replay_api(tfm):
-    "`(draw_params, apply_params)` of a random batch transform that can replay given parameters, else None"
-    if callable(getattr(tfm, 'draw_params', None)) and callable(getattr(tfm, 'apply_params', None)): return tfm.draw_params, tfm.apply_params
-    return None
-
-def random_reasons(dl, replay:bool=False, # random transforms that `replay_api` supports are fine
-                   probe:bool=True)->list:
-    "Why the inputs of `dl` are not a fixed function of the item (empty list: safe to cache)"
-    res = [f"{name} has the random transform {type(f).__name__}" + (" (replayable with views=...)" if replay_api(f) else '')
-           for name, f in random_tfms(dl) if not (replay and replay_api(f) and name == 'after_batch')]
-    if getattr(dl, 'augment', False): res.append("its `augment` is on (random crop + flip drawn inside the loader)")
-    if probe and not res and not random_tfms(dl) and random_probe(dl):
-        res.append(f"the same items give different inputs on two draws ({type(dl).__name__} draws random numbers outside fastai's RandTransforms)")
-    return res
-
-# %% ../nbs/15_cached_kd.ipynb #f8e00797
-class ViewReplay:
-    "Pre-drawn augmented views of `n_items` items: `views` per item, key `item*views + view`; the view of each item is drawn anew every pass"
-    def __init__(self, n_items:int, views:int, seed:int=0):
-        if isinstance(views, bool) or not isinstance(views, int) or views < 1:
-            raise ValueError(f"views must be a positive integer (augmented views per item), got {views!r}")
-        store_attr('n_items,views,seed')
-        self.order, self.view, self.pass_views, self.keys = None, None, None, None
-
-    @property
-    def n_keys(self)->int: return self.n_items * self.views
-    def new_pass(self, idxs=None):
-        "Draw the view every item shows in this pass"
-        self.pass_views = torch.randint(0, self.views, (self.n_items,))
-    def keys_of(self, items:torch.Tensor)->torch.Tensor:
-        "Keys of `items`: their view `self.view` (while filling the cache) or the view of this pass"
-        return items * self.views + (self.view if self.view is not None else self.pass_views[items])
-    def next_batch(self, n:int):
-        "The keys of the next batch of `n` items of the loader that `self.order` watches"
-        self.keys = self.keys_of(self.order.take(n))
-        return self.keys
-
-class ReplayedTfm(Transform):
-    "Stand-in for a replayable random batch transform during a cached fit: applies the pre-drawn parameters of each item's view"
-    def __init__(self, tfm, replay:ViewReplay, pos:int, # the transform, the views' state, its position (seeds its parameters)
-                 first:bool=True): # the first stand-in of the pipeline moves the batch on
-        super().__init__()
-        store_attr('tfm,replay,pos,first')
-        self.order, self.split_idx = tfm.order, tfm.split_idx
-        self.draw, self.apply, self.params = *replay_api(tfm), None
-
-    def __call__(self, b, split_idx=None, **kwargs):
-        if self.split_idx is None or split_idx == self.split_idx:
-            if self.first: self.replay.next_batch(find_bs(b))
-        return super().__call__(b, split_idx=split_idx, **kwargs)
-
-    def encodes(self, x:TensorImage):
-        if self.params is None:  # drawn once, for every key, at the first batch (its shape fixes e.g. the padding)
-            g = torch.Generator().manual_seed(self.replay.seed * 1000 + self.pos)
-            p = self.draw(self.replay.n_keys, x, g)
-            self.params = p if isinstance(p, (tuple, list)) else (p,)
-        keys = self.replay.keys.cpu()
-        p = tuple(q[keys] for q in self.params)
-        return self.apply(x, p if len(p) > 1 else p[0])
-
-def _replayed_pipeline(pipe, replay:ViewReplay)->Pipeline:
-    "A copy of `pipe` whose replayable random transforms are `ReplayedTfm` stand-ins"
-    fs, first = [], True
-    for i, f in enumerate(pipe.fs):
-        if isinstance(f, RandTransform) and replay_api(f) is not None:
-            f, first = ReplayedTfm(f, replay, i, first), False
-        fs.append(f)
-    return Pipeline(fs, split_idx=pipe.split_idx)
+__all__ = ['CACHE_ARGS', 'TeacherCacheMixin', 'CachedKDCallback', 'register_cached', 'cached_callback', 'indexed_dls']
 
 # %% ../nbs/15_cached_kd.ipynb #03526569
 _SIG_DIM = 4  # numbers kept per input to check it (see `input_signature`)

@@ -9,7 +9,7 @@ from fastcore.basics import store_attr
 from fastai.torch_core import find_bs
 from .losses import CRDLoss, ClassNegatives
 from .ddp import plain_dl, all_gather_cat, is_distributed
-from .cached_kd import ItemOrder
+from .views import ItemOrder
 from .selfkd import loader_labels, _class_id
 from .rkd import PooledFeatureCallback
 

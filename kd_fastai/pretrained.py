@@ -53,7 +53,7 @@ def pretrained_teacher(name:str, # a name of `pretrained_names()`, e.g. 'model_1
     if file_fingerprint(f) != info['sha256']:
         raise ValueError(f"The weights file {f} does not match its fingerprint in {INDEX_NAME} (changed or damaged): "
                          f"rebuild it with: {info['command']}")
-    model = zoo_model(info['arch'], in_channels=info['in_channels'], num_classes=info['num_classes'])
+    model = zoo_model(info['arch'], in_channels=info['in_channels'], num_classes=info['num_classes'], **info.get('arch_kwargs', {}))
     state = torch.load(f, map_location='cpu', weights_only=True)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     model.pretrained_info = dict(info, name=name)
@@ -64,7 +64,8 @@ def train_pretrained(arch:str, # zoo name of the architecture
                      dls, # fastai DataLoaders: the training images, and a validation set (measured, never used to pick)
                      epochs:int, lr:float=1e-2, seed:int=0, # one-cycle schedule
                      progress:bool=True,
-                     cbs=None): # more callbacks for the fit, e.g. a `RouteRecorder` (its checkpoints can ship: `ship_route`)
+                     cbs=None, # more callbacks for the fit, e.g. a `RouteRecorder` (its checkpoints can ship: `ship_route`)
+                     arch_kwargs:dict|None=None): # `zoo_model` options of the architecture, e.g. dict(width=8, stem_stride=2)
     "Train `arch` with fastai's one-cycle schedule; returns the `Learner` with the weights of its last epoch"
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
@@ -73,7 +74,9 @@ def train_pretrained(arch:str, # zoo name of the architecture
     from fastai.callback.schedule import fit_one_cycle  # noqa: F401
     set_seed(seed, reproducible=True)
     x, _ = dls.one_batch()
-    learn = Learner(dls, zoo_model(arch, in_channels=x.shape[1], num_classes=dls.c), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
+    model = zoo_model(arch, in_channels=x.shape[1], num_classes=dls.c, **(arch_kwargs or {}))
+    model.arch_kwargs = dict(arch_kwargs or {})  # `save_pretrained` records them, so that the teacher can be rebuilt
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy)
     if progress: learn.fit_one_cycle(epochs, lr, cbs=cbs)
     else:
         with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr, cbs=cbs)
@@ -92,11 +95,13 @@ def update_index(name:str, fields:dict, folder=None):
 def save_pretrained(model:nn.Module, name:str, # the trained model and its shipped name
                     record:dict, # what to keep in the index: test_acc, epochs, command, ... (JSON-able)
                     folder=None, # default: the package's `weights/`
+                    arch_kwargs:dict|None=None, # `zoo_model` options the model was built with (default: `model.arch_kwargs`, set by `train_pretrained`)
                    )->Path:
     "Write `model`'s weights in fp16 to `folder/name.pth` and its entry (with fingerprint) to the index"
     folder = Path(folder or WEIGHTS_DIR); folder.mkdir(parents=True, exist_ok=True)
     arch = getattr(model, 'name', None)
     if arch is None: raise ValueError("save_pretrained ships zoo models only (built with zoo_model, which sets `model.name`).")
+    if arch_kwargs is None: arch_kwargs = getattr(model, 'arch_kwargs', {})
     f = folder/f'{name}.pth'
     torch.save(half_state(model.state_dict()), f)
     first = next(v for k, v in model.state_dict().items() if k.endswith('weight') and v.dim() == 4)
@@ -104,6 +109,7 @@ def save_pretrained(model:nn.Module, name:str, # the trained model and its shipp
     entry = dict(arch=arch, file=f.name, in_channels=first.shape[1], num_classes=last.shape[0],
                  params=count_parameters(model), dtype='float16', sha256=file_fingerprint(f),
                  date=time.strftime('%Y-%m-%d'), **record)
+    if arch_kwargs: entry['arch_kwargs'] = dict(arch_kwargs)  # e.g. a thin ResNet's width
     idx = _index(folder); idx[name] = entry  # a new entry: nothing of an earlier one (e.g. its route) is kept
     (folder/INDEX_NAME).write_text(json.dumps(idx, indent=1, sort_keys=True) + '\n')
     return f

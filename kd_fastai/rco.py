@@ -393,4 +393,4 @@ def pretrained_route(name:str, # a shipped teacher with a route, e.g. 'model_340
         if file_fingerprint(f) != sha: raise ValueError(f"Route anchor {f} does not match its fingerprint (changed or damaged): "
                                                         f"rebuild it with: {info['command']}")
     return Route.from_files([folder/f for f in r['files']], r['epochs'], r['accuracies'], arch=info['arch'],
-                            arch_kwargs=dict(in_channels=info['in_channels'], num_classes=info['num_classes']))
+                            arch_kwargs=dict(in_channels=info['in_channels'], num_classes=info['num_classes'], **info.get('arch_kwargs', {})))

@@ -18,7 +18,8 @@ from kd_fastai.data import synthetic_dls
 from kd_fastai.kd import KDCallback
 from kd_fastai.teacher import FrozenTeacher
 from kd_fastai.cache import TeacherCache, cache_nbytes, data_fingerprint, transform_fingerprint, input_signature
-from kd_fastai.cached_kd import CachedKDCallback, random_reasons, indexed_dls
+from kd_fastai.cached_kd import CachedKDCallback, indexed_dls
+from kd_fastai.views import random_reasons
 from kd_fastai.test_utils import small_net
 
 
