@@ -93,6 +93,14 @@ def run(args):
     jobs += [(st, s, m, seed) for st, _, seeds in settings for s in args.students if s in args.all_seeds
              for seed in seeds[1:] for m in args.methods]
     fractions, all_dls = {st: f for st, f, _ in settings}, {}
+    partial = Path(args.out).with_suffix('.partial.csv')
+    if args.resume and partial.exists():  # the finished runs of an interrupted call with the same command
+        rows = pd.read_csv(partial).to_dict('records')
+        done = {(r['data'], r['model'], r['method'], r['seed']): r for r in rows}
+        stale = [k for k, r in done.items() if r['epochs'] != methods[k[2]][0]]
+        if stale: raise SystemExit(f"{partial} holds runs with other epochs ({stale[:3]}...): not the same command; move it away")
+        jobs = [j for j in jobs if j not in done]
+        print(f"resuming: {len(rows)} finished runs read from {partial}, {len(jobs)} to go", flush=True)
     for setting, student, method, seed in jobs:
         if setting not in all_dls: all_dls[setting] = make_dls(fractions[setting], args.samples, args.bs, args.n_valid)[0]
         dls, (epochs, train) = all_dls[setting], methods[method]
@@ -102,7 +110,7 @@ def run(args):
         rows.append(dict(data=setting, model=student, method=method, seed=seed, params=r['params'],
                          epochs=epochs, accuracy=acc, seconds=time.time() - t0))
         print(f"{setting:>4} {student} {method:>12} seed {seed}: {acc*100:.2f}% ({time.time()-t0:.0f}s)", flush=True)
-        pd.DataFrame(rows).to_csv(Path(args.out).with_suffix('.partial.csv'), index=False)  # progress
+        pd.DataFrame(rows).to_csv(partial, index=False)  # progress (`--resume` goes on from it)
     return pd.DataFrame(rows), t_acc, count_parameters(teacher)
 
 
@@ -144,6 +152,7 @@ if __name__ == '__main__':
     p.add_argument('--shipped-teacher', default=None, help="a shipped teacher of kd_fastai (e.g. resnet34_w8) instead of one trained here")
     p.add_argument('--out', default=str(ROOT / 'results' / 'stagewise'))
     p.add_argument('--teacher-only', action='store_true')
+    p.add_argument('--resume', action='store_true', help='keep the finished runs of OUT.partial.csv (same command) and run the rest')
     args = p.parse_args()
     if args.teacher_only:
         torch.set_num_threads(args.threads); get_teacher(args); sys.exit()
