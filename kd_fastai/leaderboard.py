@@ -116,7 +116,8 @@ RESULT_SCHEMAS = {  # name: (columns it needs, reader, protocol)
     'takd_rco': (('model', 'method', 'seeds', 'params', 'test_mean', 'test_std', 'sec/run'), read_takd_rco, PROTOCOL_BEST_LOSS),
     'method_seeds': (('pair', 'model', 'method', 'seed', 'params', 'test_acc', 'sec_per_epoch'), read_method_seeds, PROTOCOL_BEST_ACC),
 }
-IGNORED_RESULTS = ('loaders*', 'teacher_cache*', 'logit_cost*', 'kd_epoch*', 'leaderboard*')  # cost benchmarks, our output
+IGNORED_RESULTS = ('loaders*', 'teacher_cache*', 'logit_cost*', 'kd_epoch*', 'leaderboard*',  # cost benchmarks, our output
+                   '*.partial.csv')  # the progress file of an unfinished run (`bench/stagewise.py`): never ranked
 
 def schema_of(df:pd.DataFrame, what='table')->str:
     "Name of the schema whose columns `df` has (the one needing most columns), or a ValueError listing the known ones"
