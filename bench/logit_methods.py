@@ -45,6 +45,7 @@ LOGIT_METHODS = {'baseline': None, 'KD': 'kd', 'KD+LS': 'kd+ls', 'DKD': 'dkd', '
 FEATURE_METHODS = {'FitNet': 'fitnet', 'AT': 'at', 'RKD': 'rkd', 'CRD': 'crd', 'CRD+KD': 'crd+kd', 'OFD': 'ofd',
                    'OFD+KD': 'ofd+kd', 'ReviewKD': 'reviewkd'}  # bench/feature_methods.py's rows (no cache: they need feature maps)
 RECIPES = ('TAKD', 'RCO', 'RCO greedy', 'CS-KD', 'Tf-KD self', 'Tf-KD virtual')  # whole training recipes (`recipe_callbacks`)
+TEACHER_FREE = ('CS-KD', 'Tf-KD virtual')  # recipes that use no teacher network (Tf-KD self's teacher is the student trained alone)
 METHODS = {**LOGIT_METHODS, **FEATURE_METHODS, **{r: r for r in RECIPES}}
 FEATURE_KEYS = {k for k, v in LIBRARY_METHODS.items() if is_feature_method(v[0])}  # no cache: they need the teacher's feature maps
 
@@ -83,6 +84,7 @@ def parse_args(argv=None, defaults=None):
     p.add_argument('--from-csv', nargs='+', default=None, metavar='CSV',
                    help='train nothing: write the table of the per-seed rows of these CSVs (runs split over processes)')
     p.add_argument('--title', default='Logit-based KD methods on Fashion-MNIST', help='heading of OUT.md')
+    p.add_argument('--note', default='', help='a paragraph of OUT.md after the protocol (e.g. the machine the runs shared)')
     if defaults: p.set_defaults(**defaults)
     return p.parse_args(argv)
 
@@ -272,7 +274,7 @@ def join_runs(frames):
     return df.iloc[sorted(range(len(df)), key=lambda i: key.iloc[i])].reset_index(drop=True)
 
 
-SELECTION = {'methods', 'seeds', 'seed_list', 'resume', 'threads', 'out'}  # arguments that pick runs, not how a run goes
+SELECTION = {'methods', 'seeds', 'seed_list', 'resume', 'threads', 'out', 'title', 'note'}  # arguments that pick runs, not how a run goes
 
 
 def resumable_rows(csv, args, defaults=None)->list:
@@ -336,10 +338,13 @@ def cache_text(df, views)->str:
     "Which methods read the teacher-output cache and which ran their teacher at every step, from the rows' `cached` column"
     if 'cached' not in df: return ''
     runs = df[~df.method.isin(['teacher', 'assistant', 'baseline'])]
+    free = runs.method.isin(TEACHER_FREE)
     say = lambda m: ', '.join(dict.fromkeys(runs.method[m]))
-    cached, live = runs.cached.fillna(False).astype(bool), ~runs.cached.fillna(False).astype(bool)
+    cached = runs.cached.fillna(False).astype(bool)
+    live = ~cached & ~free
     return ((f"Teacher-output cache ({views} views per item): {say(cached)}. " if cached.any() else "No cache. ")
-            + (f"Teacher run at every step: {say(live)}." if live.any() else ""))
+            + (f"Teacher run at every step: {say(live)}. " if live.any() else "")
+            + (f"No teacher: {say(free)}." if free.any() else "")).rstrip()
 
 
 def main(argv=None, defaults=None, script='bench/logit_methods.py'):
@@ -365,7 +370,7 @@ def main(argv=None, defaults=None, script='bench/logit_methods.py'):
               "epoch, mean ± std over seeds 0..n-1. "
               + teachers_text(df, args, defaults)
               + cache_text(df, args.views)
-              + "\n\n"
+              + "\n\n" + (f"{args.note}\n\n" if args.note else '')
               + to_markdown(table) + "\n\nPer-seed rows: " + out.with_suffix('.csv').name + "\n")
         out.with_suffix('.md').write_text(md)
         print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.csv')}")
