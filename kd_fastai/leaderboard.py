@@ -117,6 +117,7 @@ RESULT_SCHEMAS = {  # name: (columns it needs, reader, protocol)
     'method_seeds': (('pair', 'model', 'method', 'seed', 'params', 'test_acc', 'sec_per_epoch'), read_method_seeds, PROTOCOL_BEST_ACC),
 }
 IGNORED_RESULTS = ('loaders*', 'teacher_cache*', 'logit_cost*', 'kd_epoch*', 'leaderboard*',  # cost benchmarks, our output
+                   'logit_diagnostics*', 'mlkd_terms*',  # diagnostics of the teachers' targets and of MLKD's loss terms
                    '*.partial.csv')  # the progress file of an unfinished run (`bench/stagewise.py`): never ranked
 
 def schema_of(df:pd.DataFrame, what='table')->str:
