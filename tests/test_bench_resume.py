@@ -49,8 +49,11 @@ def test_recipes_on_fashion_mnist(tmp_path):
     out = tmp_path/'table'
     lm.main(['--pairs', 'model_25k_wo_dw:model_25k_wo_dw', '--shipped-teachers', '--shipped-folder', str(tmp_path/'w'),
              '--assistant', 'model_25k_wo_dw', '--methods', 'baseline', *lm.RECIPES, '--fraction', '0.02', '--epochs', '2',
-             '--seeds', '1', '--teachers', str(tmp_path/'t'), '--out', str(out)])
+             '--seeds', '1', '--teachers', str(tmp_path/'t'), '--out', str(out), '--note', 'Ran on one test machine.'])
     df = pd.read_csv(out.with_suffix('.csv'))
+    md = out.with_suffix('.md').read_text()
+    assert 'Teacher run at every step: TAKD, RCO, RCO greedy, Tf-KD self. No teacher: CS-KD, Tf-KD virtual.' in md
+    assert '\n\nRan on one test machine.\n\n' in md
     assert list(df.method) == ['teacher', 'assistant', 'baseline', *lm.RECIPES]
     assert df.test_acc.between(0, 1).all() and (df.best_epoch >= 1).all()
     anchors = df.set_index('method').anchors
