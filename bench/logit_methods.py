@@ -347,6 +347,19 @@ def cache_text(df, views)->str:
             + (f"No teacher: {say(free)}." if free.any() else "")).rstrip()
 
 
+TEXT_FIELDS = ('epochs', 'lr', 'bs', 'augment', 'fraction', 'holdout', 'views')  # the protocol that OUT.md states
+
+
+def text_protocol(df, args, defaults=None):
+    "The arguments whose protocol OUT.md states: those of the rows' commands (joined tables: they must agree), else `args`"
+    cmds = df['command'].dropna().unique() if 'command' in df else []
+    if not len(cmds): return args
+    parsed = [parse_args(shlex.split(c)[2:], defaults) for c in cmds]
+    differ = [k for k in TEXT_FIELDS if len({getattr(a, k) for a in parsed}) > 1]
+    if differ: raise ValueError(f"The runs joined differ in {', '.join(differ)}: join only runs of one protocol.")
+    return parsed[0]
+
+
 def main(argv=None, defaults=None, script='bench/logit_methods.py'):
     args = parse_args(argv, defaults)
     out = Path(args.out) if args.out else None
@@ -363,13 +376,14 @@ def main(argv=None, defaults=None, script='bench/logit_methods.py'):
         df['command'] = df['command'].fillna(cmd) if 'command' in df else cmd
         df.to_csv(out.with_suffix('.csv'), index=False)
         runs = '' if df['command'].nunique() <= 1 else 'Runs: ' + ', '.join(f"`{c}`" for c in df['command'].dropna().unique()) + '\n\n'
+        a = text_protocol(df, args, defaults)
         md = (f"# {args.title}\n\nCommand: `{cmd}`\n\n{runs}"
-              f"{args.epochs} epochs (one-cycle, max lr {args.lr}, batch {args.bs}, "
-              f"{'random crop + flip' if args.augment else 'no augmentation'}), {args.fraction} of the training set, "
-              f"{args.holdout} of it held out to pick each run's best epoch; accuracy on the 10,000 test images at that "
+              f"{a.epochs} epochs (one-cycle, max lr {a.lr}, batch {a.bs}, "
+              f"{'random crop + flip' if a.augment else 'no augmentation'}), {a.fraction} of the training set, "
+              f"{a.holdout} of it held out to pick each run's best epoch; accuracy on the 10,000 test images at that "
               "epoch, mean ± std over seeds 0..n-1. "
               + teachers_text(df, args, defaults)
-              + cache_text(df, args.views)
+              + cache_text(df, a.views)
               + "\n\n" + (f"{args.note}\n\n" if args.note else '')
               + to_markdown(table) + "\n\nPer-seed rows: " + out.with_suffix('.csv').name + "\n")
         out.with_suffix('.md').write_text(md)

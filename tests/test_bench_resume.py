@@ -42,6 +42,17 @@ def test_resume_runs_only_missing_rows(tmp_path, calls):
         lm.main(['--pairs', 'a:b', '--epochs', '3', '--out', out, '--no-cache', '--resume'])
 
 
+
+def test_joined_table_states_the_runs_protocol(tmp_path, calls):
+    "--from-csv writes the protocol of the runs joined (not the join command's defaults) and refuses runs of two protocols"
+    a, b, c = (str(tmp_path/n) for n in 'abc')
+    lm.main(['--pairs', 'a:b', '--epochs', '3', '--methods', 'baseline', '--out', a, '--no-cache', '--seeds', '1'])
+    lm.main(['--pairs', 'a:b', '--epochs', '3', '--methods', 'KD', '--out', b, '--no-cache', '--seeds', '1'])
+    lm.main(['--from-csv', a + '.csv', b + '.csv', '--out', c])
+    assert '\n\n3 epochs (one-cycle' in Path(c + '.md').read_text()
+    lm.main(['--pairs', 'a:b', '--epochs', '4', '--methods', 'DKD', '--out', b, '--no-cache', '--seeds', '1'])
+    with pytest.raises(ValueError, match='differ in epochs'): lm.main(['--from-csv', a + '.csv', b + '.csv', '--out', c])
+
 def test_recipes_on_fashion_mnist(tmp_path):
     "Every recipe row runs end to end on real data from a teacher shipped (into tmp_path) with its route"
     import train_teachers
