@@ -10,6 +10,8 @@ selected on it: `keep_best=False`, the last epoch counts).
     python bench/stagewise.py            # the committed table (about 25 minutes on one CPU thread)
     python bench/stagewise.py --shipped-teacher resnet34_w8 --all-seeds resnet10 resnet14 resnet18 --full-seeds 0 1 2
         # from the thin ResNet34 shipped with kd_fastai (trained on all 60,000 images: `bench/train_teachers.py`)
+    python bench/stagewise.py --variants '2 per block'=results/stagewise_patient.csv 'head KD'=results/stagewise_runs/head_kd.csv --out OUT
+        # one table of finished runs side by side (each CSV's command is read from the .md beside it)
 """
 import argparse, sys, time
 from pathlib import Path
@@ -86,7 +88,8 @@ def run(args):
     methods = {
         'no teacher': (args.epochs, None),
         'simultaneous': (args.epochs, lambda learn, ep, lr: learn.fit_simultaneous(teacher, ep, lr, feat_weight=args.feat_weight, metrics=False)),
-        'stagewise': (sum(stage_eps), lambda learn, ep, lr: learn.fit_stagewise(teacher, epochs_per_stage=stage_eps, lrs=stage_lrs, keep_best=False)),
+        'stagewise': (sum(stage_eps), lambda learn, ep, lr: learn.fit_stagewise(teacher, epochs_per_stage=stage_eps, lrs=stage_lrs, keep_best=False,
+                                                                                        kd_alpha=args.head_kd_alpha, T=args.head_T)),
     }
     # every (setting, student, method) with the first seed first; the other seeds (only for `--all-seeds`) at the end
     jobs = [(st, s, m, seeds[0]) for st, _, seeds in settings for s in args.students for m in args.methods]
@@ -94,6 +97,7 @@ def run(args):
              for seed in seeds[1:] for m in args.methods]
     fractions, all_dls = {st: f for st, f, _ in settings}, {}
     partial = Path(args.out).with_suffix('.partial.csv')
+    partial.parent.mkdir(parents=True, exist_ok=True)
     if args.resume and partial.exists():  # the finished runs of an interrupted call with the same command
         rows = pd.read_csv(partial).to_dict('records')
         done = {(r['data'], r['model'], r['method'], r['seed']): r for r in rows}
@@ -112,6 +116,21 @@ def run(args):
         print(f"{setting:>4} {student} {method:>12} seed {seed}: {acc*100:.2f}% ({time.time()-t0:.0f}s)", flush=True)
         pd.DataFrame(rows).to_csv(partial, index=False)  # progress (`--resume` goes on from it)
     return pd.DataFrame(rows), t_acc, count_parameters(teacher)
+
+
+def variants_table(items, method='stagewise'):
+    "(table, commands): the `method` runs of each `LABEL=CSV` side by side, one column per label, per data setting and student"
+    cols, cmds = {}, {}
+    for item in items:
+        label, f = item.split('=', 1)
+        df = pd.read_csv(f)
+        df = df[df.method == method]
+        for (data, model), g in df.groupby(['data', 'model'], sort=False):
+            cols.setdefault((data, model), {})[f"{label} ({int(g.epochs.iloc[0])} epochs)"] = f"{mean_std(g.accuracy)} ({len(g)})"
+        md = Path(f).with_suffix('.md')
+        cmds[label] = next((l.split('`')[1] for l in md.read_text().splitlines() if l.startswith('Command: `')), '') if md.exists() else ''
+    tab = pd.DataFrame([{'data': d, 'student': m, **c} for (d, m), c in cols.items()]).fillna('')
+    return tab, cmds
 
 
 def table(df, t_acc):
@@ -141,6 +160,8 @@ if __name__ == '__main__':
     p.add_argument('--lr', type=float, default=1e-2, help='one-cycle max lr of no-teacher/simultaneous training')
     p.add_argument('--stage-lr', type=float, default=1e-2)
     p.add_argument('--head-lr', type=float, default=1e-2)
+    p.add_argument('--head-kd-alpha', type=float, default=0., help="weight of KD on the teacher's logits in the head stage (0: labels only)")
+    p.add_argument('--head-T', type=float, default=4.0, help='temperature of that KD')
     p.add_argument('--feat-weight', type=float, default=1.0)
     p.add_argument('--teacher-epochs', type=int, default=3)
     p.add_argument('--samples', type=int, default=15000, help='training samples per epoch')
@@ -153,7 +174,19 @@ if __name__ == '__main__':
     p.add_argument('--out', default=str(ROOT / 'results' / 'stagewise'))
     p.add_argument('--teacher-only', action='store_true')
     p.add_argument('--resume', action='store_true', help='keep the finished runs of OUT.partial.csv (same command) and run the rest')
+    p.add_argument('--variants', nargs='+', default=None, metavar='LABEL=CSV', help='no training: finished tables side by side')
+    p.add_argument('--title', default='Stagewise training: variants side by side')
     args = p.parse_args()
+    if args.variants:
+        tab, cmds = variants_table(args.variants)
+        out = Path(args.out); out.parent.mkdir(parents=True, exist_ok=True)
+        cmd = 'python bench/stagewise.py ' + ' '.join(sys.argv[1:])
+        out.with_suffix('.md').write_text(
+            f"# {args.title}\n\nCommand: `{cmd}`\n\nRuns:\n" + ''.join(f"- {l}: `{c}`\n" for l, c in cmds.items())
+            + "\nTest accuracy (%) of the stagewise runs, mean ± std (seeds) over the 10k test set; the protocol of each run is "
+            "in its own file.\n\n" + to_markdown(tab) + "\n")
+        tab.to_csv(out.with_suffix('.csv'), index=False)
+        print(to_markdown(tab)); sys.exit()
     if args.teacher_only:
         torch.set_num_threads(args.threads); get_teacher(args); sys.exit()
     t0 = time.time()
@@ -174,8 +207,10 @@ if __name__ == '__main__':
             f"Students: width {args.width}, stem stride 2. Every epoch is {args.samples} training images. No teacher and "
             f"simultaneous: {args.epochs} epochs, one-cycle lr {args.lr}; simultaneous adds MSE of stem, layer1..4 "
             f"(weight {args.feat_weight}). Stagewise: {args.stage_epochs} epoch(s) per block (stem, layer1..4, lr {args.stage_lr}), "
-            f"then {args.head_epochs} epochs of the head on labels (lr {args.head_lr}). Accuracy: full 10k test set, "
-            f"mean ± std over the seeds.\n\n" + md + "\n")
+            f"then {args.head_epochs} epochs of the head on labels (lr {args.head_lr}"
+            + (f", KD on the teacher's logits with alpha {args.head_kd_alpha}, T {args.head_T}" if args.head_kd_alpha else '')
+            + "). Accuracy: full 10k test set, "
+            "mean ± std over the seeds.\n\n" + md + "\n")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix('.md').write_text(text)
