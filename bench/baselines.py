@@ -10,6 +10,7 @@ size (its torchvision ResNets and EfficientNets, 11-64 M parameters) can be name
     python bench/baselines.py --threads 1                                    # the custom CNNs of seed 000, 3 seeds, 20 epochs
     python bench/baselines.py --models model_25k_wo_dw model_25k_w_dw --seed-list 0 --threads 1   # one process's share
     python bench/baselines.py --from-csv results/baselines_000.csv           # the table of the finished rows
+    python bench/baselines.py --from-csv results/baselines_runs/*.csv results/patient_runs/seed*.csv   # with the patient runs' student-alone rows
     python bench/baselines.py --models model_25k_wo_dw --fraction 0.02 --epochs 1 --seeds 1 --out /tmp/base_smoke   # a smoke test
 """
 import argparse, shlex, sys
@@ -60,6 +61,19 @@ def kept_rows(csv:Path, args)->list:
     return df.to_dict('records')
 
 
+def baseline_rows(csv)->pd.DataFrame:
+    "The student-alone rows of a CSV of this script, or of `bench/logit_methods.py`/`bench/patient.py` (protocol read from each row's command)"
+    df = pd.read_csv(csv)
+    df = df[df.method == 'baseline'].copy()
+    if len(df) and any(k not in df for k in PROTOCOL):
+        from logit_methods import parse_args as bench_args
+        from patient import DEFAULTS as PATIENT
+        parsed = [bench_args(shlex.split(c)[2:], PATIENT if 'patient.py' in c.split()[1] else None) for c in df.command]
+        for k in PROTOCOL: df[k] = [getattr(a, k) for a in parsed]
+    df['pair'] = PAIR
+    return df
+
+
 def table(df:pd.DataFrame)->pd.DataFrame:
     out = []
     for model, g in df.groupby('model', sort=False):
@@ -76,7 +90,10 @@ def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out); out.parent.mkdir(parents=True, exist_ok=True)
     cmd = 'python bench/baselines.py ' + ' '.join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    if args.from_csv: df = pd.concat([pd.read_csv(f) for f in args.from_csv]).drop_duplicates(['model', 'seed'])
+    if args.from_csv:
+        df = pd.concat([baseline_rows(f) for f in args.from_csv]).drop_duplicates(['model', 'seed']).reset_index(drop=True)
+        mixed = [k for k in PROTOCOL if df[k].nunique() > 1]
+        if mixed: raise SystemExit(f"The rows joined differ in {', '.join(mixed)}: join only runs of one protocol.")
     else:
         torch.set_num_threads(args.threads)
         rows = kept_rows(out.with_suffix('.csv'), args) if args.resume else []

@@ -69,3 +69,20 @@ def test_recipes_on_fashion_mnist(tmp_path):
     assert df.test_acc.between(0, 1).all() and (df.best_epoch >= 1).all()
     anchors = df.set_index('method').anchors
     assert anchors['RCO'] == '0 1' and anchors['RCO greedy'].endswith(' 1')   # equal blocks; greedy ends on the final anchor
+
+
+def test_baselines_join_patient_rows(tmp_path, calls):
+    "bench/baselines.py --from-csv takes the student-alone rows of patient runs (protocol from their command) beside its own"
+    import baselines, patient
+    a, b, c = tmp_path/'patient', tmp_path/'own.csv', tmp_path/'joined'
+    lm.main(['--methods', 'baseline', 'KD', '--seeds', '2', '--no-cache', '--out', str(a)], defaults=patient.DEFAULTS, script='bench/patient.py')
+    own = dict(pair=baselines.PAIR, model='model_25k_w_dw', method='baseline', best_epoch=20, heldout_acc=0.9, sec_per_epoch=1.0,
+               params=25000, command='python bench/baselines.py', epochs=20, fraction=1.0, holdout=0.1, bs=128, lr=0.01)
+    pd.DataFrame([dict(own, seed=s, test_acc=0.9 + s / 100) for s in (0, 1)]).to_csv(b, index=False)
+    baselines.main(['--from-csv', str(a) + '.csv', str(b), '--out', str(c)])
+    df = pd.read_csv(str(c) + '.csv')
+    assert sorted(df.model.unique()) == ['model_25k_w_dw', 'model_25k_wo_dw'] and (df.method == 'baseline').all()
+    assert (df.pair == baselines.PAIR).all() and (df.epochs == 20).all() and len(df) == 4    # KD and teacher rows left out
+    assert '| model_25k_wo_dw |' in Path(str(c) + '.md').read_text()
+    pd.DataFrame([dict(own, seed=0, test_acc=0.9, epochs=10)]).to_csv(b, index=False)
+    with pytest.raises(SystemExit, match='differ in epochs'): baselines.main(['--from-csv', str(a) + '.csv', str(b), '--out', str(c)])
