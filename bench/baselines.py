@@ -120,7 +120,9 @@ def main(argv=None):
           f"flip) on {first.fraction} of the training set less a stratified {first.holdout} held out; each run's best "
           "held-out epoch evaluated once on the 10,000 test images; mean ± std over seeds 0..n-1. `seed 000 (%)` is the "
           "seed's FMNIST column as published (its protocol is not stated; its parameter counts are for 3-channel input).\n\n"
-          + to_markdown(tab) + f"\n\nPer-seed rows: {out.with_suffix('.csv').name}\n")
+          + to_markdown(tab) + f"\n\nPer-seed rows: {out.with_suffix('.csv').name}\n"
+          + (f"\nNot run yet, of the seed's list: {', '.join(f'`{m}` ({a:.2f}%)' for m, (a, _) in SEED_000.items() if m not in set(df.model))}.\n"
+             if set(SEED_000) - set(df.model) else ''))
     out.with_suffix('.md').write_text(md)
     if args.from_csv: df.to_csv(out.with_suffix('.csv'), index=False)
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.csv')}")
