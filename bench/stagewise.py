@@ -13,7 +13,7 @@ selected on it: `keep_best=False`, the last epoch counts).
     python bench/stagewise.py --variants '2 per block'=results/stagewise_patient.csv 'head KD'=results/stagewise_runs/head_kd.csv --out OUT
         # one table of finished runs side by side (each CSV's command is read from the .md beside it)
 """
-import argparse, sys, time
+import argparse, shlex, sys, time
 from pathlib import Path
 import pandas as pd
 import torch
@@ -180,7 +180,7 @@ if __name__ == '__main__':
     if args.variants:
         tab, cmds = variants_table(args.variants)
         out = Path(args.out); out.parent.mkdir(parents=True, exist_ok=True)
-        cmd = 'python bench/stagewise.py ' + ' '.join(sys.argv[1:])
+        cmd = 'python bench/stagewise.py ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
         out.with_suffix('.md').write_text(
             f"# {args.title}\n\nCommand: `{cmd}`\n\nRuns:\n" + ''.join(f"- {l}: `{c}`\n" for l, c in cmds.items())
             + "\nTest accuracy (%) of the stagewise runs, mean ± std (seeds) over the 10k test set; the protocol of each run is "
