@@ -14,6 +14,8 @@ import pandas as pd
 import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from logit_methods import make_data
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
 from kd_fastai.models import zoo_model
 from kd_fastai.pretrained import pretrained_teacher
 from kd_fastai.experiments import to_markdown
@@ -27,13 +29,11 @@ def load_weights(name, f):
     return m.eval()
 
 
-@torch.no_grad()
-def predictions(model, dl):
-    "Top-1 predictions and targets over a loader (its batch transforms applied: normalisation, no augmentation)"
-    preds, targs = [], []
-    for xb, yb in dl:
-        preds.append(model(xb).argmax(1)); targs.append(yb)
-    return torch.cat(preds), torch.cat(targs)
+def predictions(model, dls, dl):
+    "Top-1 predictions and targets over `dl` with fastai's `get_preds` (its batch transforms: normalisation, no augmentation)"
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat())
+    with learn.no_bar(), learn.no_logging(): probs, targs = learn.get_preds(dl=dl)
+    return probs.argmax(1), targs
 
 
 def main(argv=None):
@@ -51,7 +51,7 @@ def main(argv=None):
     train_dl = dls.train.new(shuffle=False, drop_last=False, bs=512)
     sets = {'training images': train_dl, 'held-out images': dls[1], 'test images': dls[2]}
     teacher = pretrained_teacher(args.teacher).eval().to(dls.device)
-    t_pred = {k: predictions(teacher, dl) for k, dl in sets.items()}
+    t_pred = {k: predictions(teacher, dls, dl) for k, dl in sets.items()}
     rows = [dict(model=f'{args.teacher} (teacher)', **{f'{k} (%)': round((p == y).float().mean().item() * 100, 2)
                                                      for k, (p, y) in t_pred.items()})]
     for item in args.weights:
@@ -59,7 +59,7 @@ def main(argv=None):
         m = load_weights(args.model, f).to(dls.device)
         row = dict(model=f'{args.model} ({label})')
         for k, dl in sets.items():
-            pr, y = predictions(m, dl)
+            pr, y = predictions(m, dls, dl)
             row[f'{k} (%)'] = round((pr == y).float().mean().item() * 100, 2)
             row[f'agreement with teacher, {k.split()[0]} (%)'] = round((pr == t_pred[k][0]).float().mean().item() * 100, 2)
         rows.append(row)
