@@ -56,7 +56,8 @@ def parse_args(argv=None, defaults=None):
     p.add_argument('--methods', nargs='+', default=list(LOGIT_METHODS), choices=list(METHODS))
     p.add_argument('--seeds', type=int, default=3, help='seeds 0..n-1')
     p.add_argument('--seed-list', type=int, nargs='+', default=None,
-                   help='run only these of the seeds 0..n-1 (split a table over processes; join them with --from-csv)')
+                   help='run only these of the seeds 0..n-1 (split a table over processes; join them with --from-csv); '
+                        'with --from-csv: the table of these seeds only')
     p.add_argument('--epochs', type=int, default=10, help='epochs of every student run')
     p.add_argument('--teacher-epochs', type=int, default=None, help='epochs of the teachers (default: --epochs)')
     p.add_argument('--fraction', type=float, default=0.25, help='stratified fraction of the training set')
@@ -360,12 +361,19 @@ def text_protocol(df, args, defaults=None):
     return parsed[0]
 
 
+def write_csv(df, path):
+    "`df` to `path` through a temporary file, so that a process stopped while writing leaves the previous CSV whole"
+    tmp = path.with_suffix('.csv.tmp'); df.to_csv(tmp, index=False); tmp.replace(path)
+
+
 def main(argv=None, defaults=None, script='bench/logit_methods.py'):
     args = parse_args(argv, defaults)
     out = Path(args.out) if args.out else None
     if out: out.parent.mkdir(parents=True, exist_ok=True)
-    save = (lambda rows: pd.DataFrame(rows).to_csv(out.with_suffix('.csv'), index=False)) if out else (lambda rows: None)
-    if args.from_csv: df = join_runs([pd.read_csv(f) for f in args.from_csv])
+    save = (lambda rows: write_csv(pd.DataFrame(rows), out.with_suffix('.csv'))) if out else (lambda rows: None)
+    if args.from_csv:
+        df = join_runs([pd.read_csv(f) for f in args.from_csv])
+        if args.seed_list is not None: df = df[df.seed.isin(args.seed_list) | df.method.isin(['teacher', 'assistant'])]  # a table of these seeds only
     cmd = f'python {script} ' + ' '.join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     if not args.from_csv:
         done = resumable_rows(out.with_suffix('.csv'), args, defaults) if args.resume and out else []

@@ -53,6 +53,20 @@ def test_joined_table_states_the_runs_protocol(tmp_path, calls):
     lm.main(['--pairs', 'a:b', '--epochs', '4', '--methods', 'DKD', '--out', b, '--no-cache', '--seeds', '1'])
     with pytest.raises(ValueError, match='differ in epochs'): lm.main(['--from-csv', a + '.csv', b + '.csv', '--out', c])
 
+def test_joined_table_of_some_seeds(tmp_path, calls):
+    "--from-csv with --seed-list: the table of those seeds only (the teacher row kept); the CSV is written whole"
+    a, c = str(tmp_path/'a'), str(tmp_path/'c')
+    lm.main(['--pairs', 'a:b', '--methods', 'baseline', 'DKD', '--out', a, '--no-cache', '--seeds', '3'])
+    assert not list(tmp_path.glob('*.tmp'))                              # written through a temporary file, then renamed
+    lm.main(['--from-csv', a + '.csv', '--seed-list', '0', '--out', c])
+    df = pd.read_csv(c + '.csv')
+    assert sorted(df.seed) == [0, 0, 0] and set(df.method) == {'teacher', 'baseline', 'DKD'}
+    table = lm.summarize(df).set_index('method')
+    assert table.loc['DKD', 'seeds'] == 1 and table.loc['DKD', 'gain over baseline (points)'] == '2.00 ± 0.00'
+    lm.main(['--from-csv', a + '.csv', '--out', c])                     # without it: every seed
+    assert len(pd.read_csv(c + '.csv')) == 7
+
+
 def test_recipes_on_fashion_mnist(tmp_path):
     "Every recipe row runs end to end on real data from a teacher shipped (into tmp_path) with its route"
     import train_teachers
