@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 sys.path.insert(0, str(Path(__file__).parent))
-from logit_methods import make_data, train
+from logit_methods import make_data, train, write_csv
 from kd_fastai.experiments import mean_std, to_markdown
 
 # Seed 000's "Baseline Accuracy (%) FMNIST" column and its parameter counts (10 classes, 3-channel input in the seed)
@@ -107,7 +107,7 @@ def main(argv=None):
                 _, rec = train(dls, model, args.epochs, args.lr, seed)
                 rows.append(dict(pair=PAIR, model=model, method='baseline', seed=seed, **rec, command=cmd,
                                  **{k: getattr(args, k) for k in PROTOCOL}))
-                pd.DataFrame(rows).to_csv(out.with_suffix('.csv'), index=False)
+                write_csv(pd.DataFrame(rows), out.with_suffix('.csv'))  # after every run, whole even if stopped while writing
                 print(f"{model} seed {seed}: {rec['test_acc']*100:.2f}% test (held-out {rec['heldout_acc']*100:.2f}%, "
                       f"best epoch {rec['best_epoch']}, {rec['sec_per_epoch']:.1f} s/epoch)", flush=True)
         df = pd.DataFrame(rows)

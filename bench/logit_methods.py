@@ -30,7 +30,7 @@ import torch
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
-from fastai.torch_core import set_seed, default_device
+from fastai.torch_core import set_seed
 from kd_fastai.data import load_fashion_mnist, stratified_split, TensorImageData, tensor_image_dls, FMNIST_MEAN, FMNIST_STD, FMNIST_CLASSES
 from kd_fastai.takd import BestWeights
 from kd_fastai.rco import RCOCallback
