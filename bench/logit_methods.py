@@ -382,7 +382,7 @@ def main(argv=None, defaults=None, script='bench/logit_methods.py'):
     print(table.to_string(index=False))
     if out:
         df['command'] = df['command'].fillna(cmd) if 'command' in df else cmd
-        df.to_csv(out.with_suffix('.csv'), index=False)
+        write_csv(df, out.with_suffix('.csv'))
         runs = '' if df['command'].nunique() <= 1 else 'Runs: ' + ', '.join(f"`{c}`" for c in df['command'].dropna().unique()) + '\n\n'
         a = text_protocol(df, args, defaults)
         md = (f"# {args.title}\n\nCommand: `{cmd}`\n\n{runs}"
