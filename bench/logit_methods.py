@@ -37,7 +37,7 @@ from kd_fastai.rco import RCOCallback
 from kd_fastai.methods import UNCACHED, METHODS as LIBRARY_METHODS, is_feature_method
 from kd_fastai.models import zoo_model, count_parameters
 from kd_fastai.dkd import DKD_BETAS
-from kd_fastai.experiments import mean_std, to_markdown
+from kd_fastai.experiments import mean_std, to_markdown, write_csv
 import kd_fastai.methods  # noqa: F401 (Learner.distill with method=)
 
 LOGIT_METHODS = {'baseline': None, 'KD': 'kd', 'KD+LS': 'kd+ls', 'DKD': 'dkd', 'DKD+LS': 'dkd+ls', 'DIST': 'dist',
@@ -359,11 +359,6 @@ def text_protocol(df, args, defaults=None):
     differ = [k for k in TEXT_FIELDS if len({getattr(a, k) for a in parsed}) > 1]
     if differ: raise ValueError(f"The runs joined differ in {', '.join(differ)}: join only runs of one protocol.")
     return parsed[0]
-
-
-def write_csv(df, path):
-    "`df` to `path` through a temporary file, so that a process stopped while writing leaves the previous CSV whole"
-    tmp = path.with_suffix('.csv.tmp'); df.to_csv(tmp, index=False); tmp.replace(path)
 
 
 def main(argv=None, defaults=None, script='bench/logit_methods.py'):

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from fastai.data.core import DataLoaders
 from kd_fastai.data import fashion_mnist_dls, TensorImageDL, TensorImageData
 from kd_fastai.models import zoo_model, count_parameters
-from kd_fastai.experiments import run_training, mean_std, to_markdown
+from kd_fastai.experiments import run_training, mean_std, to_markdown, write_csv
 from kd_fastai.stagewise import *  # noqa: F401,F403 (patches Learner.fit_stagewise / fit_simultaneous)
 
 
@@ -114,7 +114,7 @@ def run(args):
         rows.append(dict(data=setting, model=student, method=method, seed=seed, params=r['params'],
                          epochs=epochs, accuracy=acc, seconds=time.time() - t0))
         print(f"{setting:>4} {student} {method:>12} seed {seed}: {acc*100:.2f}% ({time.time()-t0:.0f}s)", flush=True)
-        pd.DataFrame(rows).to_csv(partial, index=False)  # progress (`--resume` goes on from it)
+        write_csv(pd.DataFrame(rows), partial)  # progress (`--resume` goes on from it), whole even if stopped while writing
     return pd.DataFrame(rows), t_acc, count_parameters(teacher)
 
 

@@ -6,6 +6,7 @@
 __all__ = []
 
 # %% ../nbs/90_all.ipynb #faafee06
+from .fmnist_files import *
 from .data import *
 from .zoonet import *
 from .models_004 import *
@@ -44,7 +45,7 @@ from .reviewkd import *
 from .methods import *
 import kd_fastai
 # a star import of this module re-exports every module's public names (`Learner.distill` etc. are patched on import)
-_MODULES = ('data', 'zoonet', 'models_004', 'tv_models',
+_MODULES = ('fmnist_files', 'data', 'zoonet', 'models_004', 'tv_models',
             'models', 'feature_losses', 'losses', 'teacher', 'pretrained', 'restore', 'ddp', 'kd', 'experiments', 'leaderboard', 'takd', 'rco', 'selfkd',
             'hookpoints', 'features', 'stagewise', 'cache', 'views', 'cached_kd', 'logit', 'dkd', 'dist', 'mlkd', 'sdd', 'clkd', 'rkd', 'crd',
             'fitnet', 'at', 'ofd', 'reviewkd', 'methods')

@@ -4,8 +4,7 @@
 
 # %% ../nbs/00_data.ipynb #af46fcf3
 from __future__ import annotations
-import gzip, os, struct, zlib, math, numbers
-from functools import lru_cache
+import math, numbers
 from pathlib import Path
 import numpy as np
 import torch
@@ -17,10 +16,10 @@ from fastai.data.core import DataLoaders, Datasets, TfmdLists, TfmdDL, Transform
 from fastai.data.transforms import Categorize, CategoryMap, IntToFloatTensor, Normalize, ToTensor
 from fastai.vision.augment import RandTransform
 from fastai.torch_core import TensorImage, TensorImageBW, TensorCategory, default_device
+from .fmnist_files import FMNIST_FILES, FMNIST_SYSTEM_DIR, find_fashion_mnist, read_idx, write_idx, load_fashion_mnist  # noqa: F401 (the raw files; re-exported)
 
 # %% auto #0
-__all__ = ['FMNIST_MEAN', 'FMNIST_STD', 'FMNIST_CLASSES', 'FMNIST_FILES', 'FMNIST_SYSTEM_DIR', 'find_fashion_mnist', 'read_idx',
-           'write_idx', 'load_fashion_mnist', 'stratified_split', 'draw_crop_flip', 'crop_flip', 'random_crop_flip',
+__all__ = ['FMNIST_MEAN', 'FMNIST_STD', 'FMNIST_CLASSES', 'stratified_split', 'draw_crop_flip', 'crop_flip', 'random_crop_flip',
            'prepare_images', 'RandomCropFlip', 'ResizeBatch', 'RepeatChannels', 'ToTensorImage', 'IndexCategorize',
            'TensorImageData', 'TensorImageDL', 'image_stats', 'image_batch_tfms', 'tensor_image_dls', 'synthetic_dls',
            'fashion_mnist_dls', 'fashion_mnist_tensors']
@@ -29,113 +28,6 @@ __all__ = ['FMNIST_MEAN', 'FMNIST_STD', 'FMNIST_CLASSES', 'FMNIST_FILES', 'FMNIS
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530  # pixel mean and std of the 60,000 training images, on the 0..1 scale
 FMNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
                   'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
-FMNIST_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
-                't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
-FMNIST_SYSTEM_DIR = Path('/usr/share/datasets/fashion-mnist')  # where `apt-get install dataset-fashion-mnist` puts the files
-
-# %% ../nbs/00_data.ipynb #53f3180a
-def _idx_file(folder:Path, name:str):
-    "The path of idx file `name` in `folder`, plain preferred over `.gz`, or None"
-    for fn in (name, name + '.gz'):
-        if (folder/fn).is_file(): return folder/fn
-    return None
-
-def _missing(folder:Path):
-    "Names of the Fashion-MNIST files that `folder` lacks"
-    return [n for n in FMNIST_FILES if _idx_file(folder, n) is None]
-
-def _why(folder:Path, miss):
-    "What is wrong with `folder`, for error messages"
-    return 'does not exist' if not folder.exists() else 'is not a folder' if not folder.is_dir() else 'lacks ' + ', '.join(miss)
-
-_HOW_TO = ("Install the data with `sudo apt-get install dataset-fashion-mnist`, or set the environment variable "
-           "KD_FASTAI_FMNIST (or pass path=) to a folder holding the four idx files (plain or .gz): " + ', '.join(FMNIST_FILES))
-
-def _fmnist_candidates():
-    "Folders searched when neither `path` nor KD_FASTAI_FMNIST is given"
-    roots = [os.environ.get('TORCHVISION_DATA'), Path.home()/'data', Path('data')]
-    return [FMNIST_SYSTEM_DIR] + [Path(r).expanduser()/'FashionMNIST'/'raw' for r in roots if r]
-
-def _search(folders):
-    "The first of `folders` holding all four files, else a FileNotFoundError listing what was tried"
-    looked = []
-    for f in folders:
-        miss = _missing(f)
-        if not miss: return f
-        looked.append(f"  {f} ({_why(f, miss)})")
-    raise FileNotFoundError("Fashion-MNIST not found. " + _HOW_TO + ".\nLooked in:\n" + '\n'.join(looked))
-
-# %% ../nbs/00_data.ipynb #865c8c3b
-def find_fashion_mnist(path=None) -> Path:
-    "The folder holding the four Fashion-MNIST idx files: `path`, $KD_FASTAI_FMNIST, the Debian folder, or torchvision's"
-    for given,what in ((path, 'path='), (os.environ.get('KD_FASTAI_FMNIST'), 'KD_FASTAI_FMNIST')):
-        if given is None or given == '': continue
-        folder = Path(given).expanduser()
-        miss = _missing(folder)
-        if miss: raise FileNotFoundError(
-            f"{what} points to {folder}, which {_why(folder, miss)}. {_HOW_TO}.")
-        return folder
-    return _search(_fmnist_candidates())
-
-# %% ../nbs/00_data.ipynb #978dc2b3
-_IDX_TYPES = {0x08: np.dtype('u1'), 0x09: np.dtype('i1'), 0x0B: np.dtype('>i2'),
-              0x0C: np.dtype('>i4'), 0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8')}
-
-def read_idx(fname) -> torch.Tensor:
-    "Read the idx file `fname` (plain or gzipped) into a tensor, checking magic number, dimensions and size"
-    fname = Path(fname)
-    if not fname.is_file(): raise FileNotFoundError(f"{fname}: no such file")
-    with open(fname, 'rb') as f: data = f.read()
-    if data[:2] == b'\x1f\x8b':  # gzip magic, whatever the file name says
-        try: data = gzip.decompress(data)
-        except (EOFError, OSError, zlib.error) as e:
-            raise ValueError(f"{fname}: the gzip data is truncated or corrupt ({e}); reinstall the file") from None
-    if len(data) < 4: raise ValueError(f"{fname}: {len(data)} bytes is too short for an idx header (needs at least 4)")
-    code, ndim = data[2], data[3]
-    if data[:2] != b'\0\0' or code not in _IDX_TYPES or ndim == 0:
-        raise ValueError(f"{fname}: bad idx magic number 0x{data[:4].hex()}; expected 0x0000TTNN with type code "
-                         f"TT in {[hex(c) for c in _IDX_TYPES]} and NN >= 1 dimensions. Not an idx file?")
-    head = 4 + 4*ndim
-    if len(data) < head: raise ValueError(f"{fname}: header of {ndim} dims needs {head} bytes, got {len(data)} bytes")
-    dims = struct.unpack(f'>{ndim}I', data[4:head])
-    dt = _IDX_TYPES[code]
-    expected = head + math.prod(dims)*dt.itemsize
-    if len(data) != expected:
-        raise ValueError(f"{fname}: expected {expected} bytes for an array of shape {tuple(dims)} ({dt.name}), "
-                         f"got {len(data)} bytes: the file is {'truncated' if len(data)<expected else 'too long'}; reinstall it")
-    arr = np.frombuffer(data, dt, count=math.prod(dims), offset=head).reshape(dims)
-    return torch.from_numpy(arr.astype(dt.newbyteorder('='), copy=True))
-
-# %% ../nbs/00_data.ipynb #e45c56fa
-def write_idx(fname, t) -> Path:
-    "Write tensor or array `t` as idx file `fname`, gzipped when the name ends in `.gz`"
-    a = np.asarray(t)
-    codes = {v.name: k for k,v in _IDX_TYPES.items()}
-    if a.dtype.name not in codes: raise ValueError(f"idx files cannot hold {a.dtype}; use one of {list(codes)}")
-    code = codes[a.dtype.name]
-    data = bytes([0, 0, code, a.ndim]) + struct.pack(f'>{a.ndim}I', *a.shape) + a.astype(_IDX_TYPES[code]).tobytes()
-    fname = Path(fname)
-    fname.write_bytes(gzip.compress(data) if fname.suffix == '.gz' else data)
-    return fname
-
-# %% ../nbs/00_data.ipynb #4538ab3a
-@lru_cache(maxsize=4)
-def _load_fmnist(folder:str):
-    folder = Path(folder)
-    res = []
-    for split,n in (('train', 60000), ('t10k', 10000)):
-        fx, fy = _idx_file(folder, f'{split}-images-idx3-ubyte'), _idx_file(folder, f'{split}-labels-idx1-ubyte')
-        x, y = read_idx(fx), read_idx(fy)
-        if x.dtype != torch.uint8 or x.shape != (n, 28, 28):
-            raise ValueError(f"{fx}: expected uint8 images of shape ({n}, 28, 28), got {x.dtype} {tuple(x.shape)}")
-        if y.dtype != torch.uint8 or y.shape != (n,) or int(y.max()) > 9:
-            raise ValueError(f"{fy}: expected {n} uint8 labels in 0..9, got {y.dtype} {tuple(y.shape)}")
-        res += [x, y.long()]
-    return tuple(res)
-
-def load_fashion_mnist(path=None):
-    "Fashion-MNIST as `(x_train, y_train, x_test, y_test)`: uint8 [N,28,28] images, int64 [N] labels (cached; read-only)"
-    return _load_fmnist(str(find_fashion_mnist(path).resolve()))
 
 # %% ../nbs/00_data.ipynb #9ed25ee2
 def stratified_split(labels, fraction, seed=0):

@@ -23,7 +23,7 @@ from .ddp import launched_ctx
 
 # %% auto #0
 __all__ = ['EpochTimer', 'ValidateEvery', 'run_training', 'run_in_processes', 'mean_std', 'summarize_runs', 'to_markdown',
-           'plot_curves']
+           'write_csv', 'plot_curves']
 
 # %% ../nbs/05_experiments.ipynb #af579c56
 class EpochTimer(Callback):
@@ -148,6 +148,12 @@ def to_markdown(df:pd.DataFrame, cols=None)->str:
     lines = ['| ' + ' | '.join(cols) + ' |', '|' + '|'.join('---' for _ in cols) + '|']
     lines += ['| ' + ' | '.join(fmt(v) for v in row) + ' |' for row in df[cols].itertuples(index=False)]
     return '\n'.join(lines)
+
+def write_csv(df:pd.DataFrame, path)->Path:
+    "Write `df` to `path` (no index) through a temporary file: a process stopped while writing leaves the previous CSV whole"
+    path = Path(path); tmp = path.with_name(path.name + '.tmp')
+    df.to_csv(tmp, index=False); tmp.replace(path)  # `replace` is atomic on one file system
+    return path
 
 # %% ../nbs/05_experiments.ipynb #3a0f2667
 def plot_curves(runs, # records from `run_training`
