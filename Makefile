@@ -16,7 +16,7 @@ endif
 # the newest fastai line that users install next to kd_fastai; checked by `make test` too
 LATEST_FASTAI ?= 'fastai==2.8.12' 'fastcore>=2.2.22' 'fasttransform>=0.0.3' 'plum-dispatch<2.10' 'fastprogress>=1.0.3' fastdownload
 
-.PHONY: demo test test-nbs test-latest slow bench data install export clean-venv
+.PHONY: demo test test-nbs test-latest slow bench data install export clean-venv device-carry
 
 install: $(STAMP)
 
@@ -58,6 +58,15 @@ bench: $(STAMP) data
 	$(BIN)/python bench/loaders.py
 	$(BIN)/python bench/kd_epoch.py
 	$(BIN)/python bench/teacher_cache.py
+
+# what a call on a lent GPU machine carries (python 3.12 and torch there, no fastai, no network): fastai's wheels and
+# the four data files, in git-ignored folders; `bench/device.sh` installs and uses them there (see DEVELOPERS.md)
+DEVICE_WHEELS ?= 'fastai==2.8.12' 'fastcore>=2.2.22' 'fasttransform>=0.0.3' 'plum-dispatch<2.10' 'fastprogress==1.0.3' fastdownload beartype
+device-carry: $(STAMP) data
+	mkdir -p .whl .fmnist
+	$(BIN)/python -m pip download -q --no-deps --python-version 3.12 --only-binary=:all: -d .whl $(DEVICE_WHEELS)
+	cp "$${KD_FASTAI_FMNIST:-$(FMNIST)}"/*-ubyte* .fmnist/
+	@ls .whl .fmnist
 
 export: $(STAMP)
 	$(BIN)/nbdev_clean && $(BIN)/nbdev_export
