@@ -8,7 +8,7 @@ teacher and from the cache (the weak view's logits and those of 8 pre-drawn stro
 
 Target: every cached method's epoch <= 1.25 x the plain epoch, MLKD's per view (epoch / 2). The teacher is untrained:
 the cost does not depend on the weights."""
-import argparse, platform, statistics, sys, tempfile, time
+import argparse, platform, statistics, sys, tempfile
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))

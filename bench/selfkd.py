@@ -11,10 +11,9 @@ initialisation, i.e. `learn.self_distill(..., student='initial')`.
 """
 import argparse, shlex, sys, time
 from pathlib import Path
-import pandas as pd
 import torch
 from kd_fastai.data import fashion_mnist_dls
-from kd_fastai.experiments import run_training, summarize_runs, to_markdown, mean_std
+from kd_fastai.experiments import run_training, summarize_runs, to_markdown
 from kd_fastai.selfkd import CSKDCallback, VirtualTeacherCallback  # also patches DataLoaders/Learner
 
 METHODS = ('baseline', 'CS-KD', 'Tf-KD self', 'Tf-KD virtual')
@@ -102,7 +101,7 @@ def main(argv=None):
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         cmd = 'python bench/selfkd.py ' + ' '.join(shlex.quote(a) for a in argv)
-        head = [f"# Self-distillation on Fashion-MNIST (CS-KD, Tf-KD)", '',
+        head = ["# Self-distillation on Fashion-MNIST (CS-KD, Tf-KD)", '',
                 f"Command: `{cmd.strip()}`", '',
                 f"Fraction {args.fraction} of the training set (stratified, seed 42), validation on the 10k test set; "
                 f"{args.epochs} epochs of `fit_one_cycle` (lr {args.lr}, batch {args.bs}) for every method; seeds {args.seeds}; "

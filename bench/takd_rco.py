@@ -8,7 +8,7 @@ learning rate, batch order (per seed) and model selection.
 Command: python bench/takd_rco.py --threads 1 --teacher-epochs 3 --n-valid 3000
 """
 from __future__ import annotations
-import argparse, json, sys, time, random
+import argparse, json, sys, time
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -103,7 +103,7 @@ def main(argv=None):
     kd = dict(T=args.T, alpha=args.alpha)
     methods = {
         'baseline (no teacher)': lambda: [],
-        f'KD from the teacher': lambda: [KDCallback(teacher, valid_metrics=False, **kd)],
+        'KD from the teacher': lambda: [KDCallback(teacher, valid_metrics=False, **kd)],
         'TAKD chain (teacher -> assistant -> student)': None,
         'RCO, equal schedule': lambda: [RCOCallback(route, schedule='equal', valid_metrics=False, **kd)],
         f'RCO, greedy (KL <= {args.threshold:g})': lambda: [RCOCallback(route, schedule='greedy', threshold=args.threshold,
@@ -152,7 +152,7 @@ def main(argv=None):
     cmd = 'python bench/takd_rco.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
     cols = ['model', 'method', 'seeds', 'params', 'test accuracy (%)', 'valid accuracy (%)', 'sec/run', 'RCO anchors per epoch (per seed)']
     pd.concat([fixed, table], ignore_index=True).to_csv(out/'takd_rco.csv', index=False)
-    md = [f"# TAKD and RCO on Fashion-MNIST\n", f"Command: `{cmd}`\n",
+    md = ["# TAKD and RCO on Fashion-MNIST\n", f"Command: `{cmd}`\n",
           f"Settings: {args.fraction:g} of the training set (stratified, seed 0) for training; {args.n_valid} other training images "
           f"as validation set (best-epoch selection, chain hand-off); {args.n_probe} more as the greedy-RCO probe; accuracy on the "
           f"10,000 test images. Students: {args.epochs} epochs, one-cycle lr {args.lr:g}, batch {args.bs}, T={args.T:g}, alpha={args.alpha:g}, "

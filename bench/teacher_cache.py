@@ -7,7 +7,7 @@ Python with fasterai installed is given. All in one run, on one machine, so the 
 
 Targets: cached KD epoch <= 1.15 x plain epoch; uncached KD <= 1.05 x (plain + teacher forward).
 The teacher is untrained (timing only: the cost of a forward pass does not depend on the weights)."""
-import argparse, json, math, os, platform, statistics, subprocess, sys, tempfile, time
+import argparse, json, math, platform, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
@@ -17,7 +17,6 @@ from fastai.learner import Learner
 from fastai.torch_core import set_seed
 from kd_fastai.data import fashion_mnist_dls
 from kd_fastai.models import zoo_model, count_parameters
-from kd_fastai.teacher import FrozenTeacher
 from kd_fastai.kd import KDCallback
 from kd_fastai.experiments import EpochTimer, to_markdown
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark, also when run via runpy

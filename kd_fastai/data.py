@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from fastcore.basics import store_attr, ifnone
-from fastai.data.load import DataLoader
 from fastai.data.core import DataLoaders, Datasets, TfmdLists, TfmdDL, Transform
-from fastai.data.transforms import Categorize, CategoryMap, IntToFloatTensor, Normalize, ToTensor
+from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize, ToTensor
 from fastai.vision.augment import RandTransform
 from fastai.torch_core import TensorImage, TensorImageBW, TensorCategory, default_device
 from .fmnist_files import FMNIST_FILES, FMNIST_SYSTEM_DIR, find_fashion_mnist, read_idx, write_idx, load_fashion_mnist  # noqa: F401 (the raw files; re-exported)

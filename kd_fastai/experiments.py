@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_experiments.ipynb #a6670287
 from __future__ import annotations
-import time, math, random
+import time, random
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path

@@ -20,7 +20,7 @@ from .teacher import FrozenTeacher
 from .restore import FitScopedCallback
 from .kd import KDValue, KDCallback, fit_distilling, kd_metrics
 from .ddp import DistributedDataParallel, unwrap_model, broadcast_params, sync_grads, peek_batch
-from .hookpoints import (find_module, FeaturePoint, Taps, trace_calls, preact_point, feature_stages,
+from .hookpoints import (find_module, FeaturePoint, Taps, trace_calls, preact_point,
                                   teacher_features, _StopForward, _stop)
 _all_ = ['find_module', 'teacher_features']  # defined in kd_fastai.hookpoints; importable from here as before
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_rco.ipynb #e89f3b40
 from __future__ import annotations
-import json, math, copy, os, random
+import json, math, copy, os
 from pathlib import Path
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from .losses import soft_target_loss
 from .teacher import FrozenTeacher, as_module, first_output
 from .kd import KDCallback
 from .restore import FitScopedCallback
-from .ddp import unwrap_model, is_rank0, barrier, plain_dl, peek_batch
+from .ddp import unwrap_model, is_rank0, barrier, peek_batch
 from .pretrained import WEIGHTS_DIR, pretrained_info, pretrained_names, half_state, update_index, file_fingerprint
 
 # %% auto #0

@@ -5,7 +5,6 @@
 # %% ../nbs/03_teacher.ipynb #cbfc361b
 from __future__ import annotations
 from pathlib import Path
-import warnings
 import torch
 from torch import nn
 from fastai.learner import Learner, load_learner

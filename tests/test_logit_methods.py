@@ -1,12 +1,9 @@
 """The logit methods (DKD, DIST, MLKD, SDD, CLKD, LS) under the newest fastai: `Learner.distill(method=...)` on a fastai
 `DataBlock` of PNG files, the teacher handed back, no hook left, export -> load_learner -> predict."""
-from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from PIL import Image
-from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, PILImageBW, get_image_files, GrandparentSplitter,
-                               parent_label, Normalize, Learner, load_learner, accuracy)
+from fastai.vision.all import get_image_files, Normalize, Learner, load_learner, accuracy
 from kd_fastai.all import *
 from fastai.callback.core import Callback
 from kd_fastai.methods import method_callback

@@ -2,11 +2,8 @@
 
 The notebooks hold the real tests and run under the pinned dev toolchain (nbdev 2 needs fastcore<2); this file
 re-runs the main paths against the fastai that users install next to kd_fastai."""
-import tempfile
-from pathlib import Path
 import pytest
 import torch
-from torch import nn
 import fastai, fastcore
 from fastai.learner import Learner, load_learner
 from fastai.metrics import accuracy

@@ -1,16 +1,11 @@
 """The fastai user's own path for RCO, RouteRecorder, BestWeights, distill_chain, CS-KD, Tf-KD (issue 10), under the
 newest fastai: DataBlock loaders over tiny PNGs with aug_transforms, restore after a normal/cancelled/failed fit with
 the callback attached or per fit, plain inference, export -> load_learner -> predict and get_preds twice."""
-import numpy as np
 import pytest
 import torch
 from torch import nn
-from PIL import Image
-from fastai.data.block import DataBlock, CategoryBlock
 from fastai.data.core import DataLoaders
-from fastai.data.transforms import get_image_files, parent_label, GrandparentSplitter
-from fastai.vision.data import ImageBlock
-from fastai.vision.core import PILImageBW
+from fastai.data.transforms import get_image_files
 from fastai.vision.augment import aug_transforms
 from fastai.learner import Learner, load_learner
 from fastai.metrics import accuracy
