@@ -15,13 +15,15 @@ from fastai.data.core import DataLoaders, Datasets, TfmdLists, TfmdDL, Transform
 from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize, ToTensor
 from fastai.vision.augment import RandTransform
 from fastai.torch_core import TensorImage, TensorImageBW, TensorCategory, default_device
-from .fmnist_files import FMNIST_FILES, FMNIST_SYSTEM_DIR, find_fashion_mnist, read_idx, write_idx, load_fashion_mnist  # noqa: F401 (the raw files; re-exported)
+from .fmnist_files import FMNIST_FILES, FMNIST_SYSTEM_DIR, find_fashion_mnist, read_idx, write_idx, load_fashion_mnist
+_all_ = ['FMNIST_FILES', 'FMNIST_SYSTEM_DIR', 'find_fashion_mnist', 'read_idx', 'write_idx', 'load_fashion_mnist']  # re-exported: `from kd_fastai.data import *` still gives them
 
 # %% auto #0
 __all__ = ['FMNIST_MEAN', 'FMNIST_STD', 'FMNIST_CLASSES', 'stratified_split', 'draw_crop_flip', 'crop_flip', 'random_crop_flip',
            'prepare_images', 'RandomCropFlip', 'ResizeBatch', 'RepeatChannels', 'ToTensorImage', 'IndexCategorize',
            'TensorImageData', 'TensorImageDL', 'image_stats', 'image_batch_tfms', 'tensor_image_dls', 'synthetic_dls',
-           'fashion_mnist_dls', 'fashion_mnist_tensors']
+           'fashion_mnist_dls', 'fashion_mnist_tensors', 'FMNIST_FILES', 'FMNIST_SYSTEM_DIR', 'find_fashion_mnist',
+           'read_idx', 'write_idx', 'load_fashion_mnist']
 
 # %% ../nbs/00_data.ipynb #e53f0ddc
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530  # pixel mean and std of the 60,000 training images, on the 0..1 scale
