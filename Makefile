@@ -47,7 +47,7 @@ test-nbs: $(STAMP) data
 	$(BIN)/nbdev_test --n_workers 2 --timing
 
 test-latest: $(LATEST_STAMP) data
-	PYTHONPATH=$(LATEST) $(BIN)/python -m pytest -q tests
+	PYTHONPATH=$(LATEST) $(BIN)/python -m pytest -q --durations=8 tests
 
 # real-data training cells (`#| slow`), not run by CI
 slow: $(STAMP) data
