@@ -67,6 +67,17 @@ def test_joined_table_of_some_seeds(tmp_path, calls):
     assert len(pd.read_csv(c + '.csv')) == 7
 
 
+def test_joined_table_of_some_methods(tmp_path, calls):
+    "--from-csv with --methods: those methods only, a label's suffix ignored (the teacher row kept); without it: all"
+    a, b, c = (str(tmp_path/n) for n in 'abc')
+    lm.main(['--pairs', 'a:b', '--methods', 'baseline', 'KD', 'DKD', '--out', a, '--no-cache', '--seeds', '1'])
+    lm.main(['--pairs', 'a:b', '--methods', 'DKD', '--label-suffix', ' (x)', '--out', b, '--no-cache', '--seeds', '1'])
+    lm.main(['--from-csv', a + '.csv', b + '.csv', '--methods', 'baseline', 'DKD', '--out', c])
+    assert sorted(set(pd.read_csv(c + '.csv').method)) == ['DKD', 'DKD (x)', 'baseline', 'teacher']
+    lm.main(['--from-csv', a + '.csv', b + '.csv', '--out', c])
+    assert 'KD' in set(pd.read_csv(c + '.csv').method)
+
+
 def test_recipes_on_fashion_mnist(tmp_path):
     "Every recipe row runs end to end on real data from a teacher shipped (into tmp_path) with its route"
     import train_teachers
