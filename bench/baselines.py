@@ -44,6 +44,7 @@ def parse_args(argv=None):
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--resume', action='store_true', help='keep the rows of OUT.csv of the same protocol and run the missing ones')
     p.add_argument('--from-csv', nargs='+', default=None, metavar='CSV', help='train nothing: the table of these per-seed rows')
+    p.add_argument('--note', default='', help="a paragraph for OUT.md under the table (e.g. which machine ran which rows)")
     p.add_argument('--out', default='results/baselines_000', help='writes OUT.md and OUT.csv')
     return p.parse_args(argv)
 
@@ -121,6 +122,7 @@ def main(argv=None):
           "held-out epoch evaluated once on the 10,000 test images; mean ± std over seeds 0..n-1. `seed 000 (%)` is the "
           "seed's FMNIST column as published (its protocol is not stated; its parameter counts are for 3-channel input).\n\n"
           + to_markdown(tab) + f"\n\nPer-seed rows: {out.with_suffix('.csv').name}\n"
+          + (f"\n{args.note}\n" if args.note else '')
           + (f"\nNot run yet, of the seed's list: {', '.join(f'`{m}` ({a:.2f}%)' for m, (a, _) in SEED_000.items() if m not in set(df.model))}.\n"
              if set(SEED_000) - set(df.model) else ''))
     out.with_suffix('.md').write_text(md)

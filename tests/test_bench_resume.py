@@ -104,10 +104,11 @@ def test_baselines_join_patient_rows(tmp_path, calls):
     own = dict(pair=baselines.PAIR, model='model_25k_w_dw', method='baseline', best_epoch=20, heldout_acc=0.9, sec_per_epoch=1.0,
                params=25000, command='python bench/baselines.py', epochs=20, fraction=1.0, holdout=0.1, bs=128, lr=0.01)
     pd.DataFrame([dict(own, seed=s, test_acc=0.9 + s / 100) for s in (0, 1)]).to_csv(b, index=False)
-    baselines.main(['--from-csv', str(a) + '.csv', str(b), '--out', str(c)])
+    baselines.main(['--from-csv', str(a) + '.csv', str(b), '--note', 'Rows from two machines.', '--out', str(c)])
     df = pd.read_csv(str(c) + '.csv')
     assert sorted(df.model.unique()) == ['model_25k_w_dw', 'model_25k_wo_dw'] and (df.method == 'baseline').all()
     assert (df.pair == baselines.PAIR).all() and (df.epochs == 20).all() and len(df) == 4    # KD and teacher rows left out
-    assert '| model_25k_wo_dw |' in Path(str(c) + '.md').read_text()
+    md = Path(str(c) + '.md').read_text()
+    assert '| model_25k_wo_dw |' in md and '\n\nRows from two machines.\n' in md
     pd.DataFrame([dict(own, seed=0, test_acc=0.9, epochs=10)]).to_csv(b, index=False)
     with pytest.raises(SystemExit, match='differ in epochs'): baselines.main(['--from-csv', str(a) + '.csv', str(b), '--out', str(c)])
