@@ -369,7 +369,7 @@ def main(argv=None, defaults=None, script='bench/logit_methods.py'):
     if args.from_csv:
         df = join_runs([pd.read_csv(f) for f in args.from_csv])
         if args.seed_list is not None: df = df[df.seed.isin(args.seed_list) | df.method.isin(['teacher', 'assistant'])]  # a table of these seeds only
-        if '--methods' in (sys.argv[1:] if argv is None else argv):  # a table of these methods only (labels' suffixes ignored)
+        if parse_args(argv, {**(defaults or {}), 'methods': None}).methods is not None:  # --methods given (any spelling): a table of these methods only (labels' suffixes ignored)
             df = df[df.method.str.split(' (', regex=False).str[0].isin(args.methods) | df.method.isin(['teacher', 'assistant'])]
     cmd = f'python {script} ' + ' '.join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     if not args.from_csv:

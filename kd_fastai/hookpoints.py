@@ -239,7 +239,8 @@ def stage_pairs(student:nn.Module, teacher:nn.Module, skip:int=1,
     "Default pairs of the multi-stage methods (AT, OFD, ReviewKD): the `feature_stages` after the first `skip` (the stem)"
     s, t = feature_stages(student)[skip:], feature_stages(teacher)[skip:]
     if len(s) == len(t): return list(zip(s, t))
-    msg = (f"The student has {len(s)} stages after its stem {s} and the teacher {len(t)} {t}")
+    n_stages = lambda n: f"{n} stage{'' if n == 1 else 's'}"
+    msg = f"The student has {n_stages(len(s))} after its stem {s} and the teacher {n_stages(len(t))} {t}"
     if xb is None: raise ValueError(f"{msg}: pass pairs=[(student_stage, teacher_stage), ...] explicitly, e.g. stages of equal resolution.")
     xb = xb() if callable(xb) else xb
     ss, ts = stage_sizes(student, s, xb), stage_sizes(teacher, t, xb)

@@ -76,6 +76,8 @@ def test_joined_table_of_some_methods(tmp_path, calls):
     assert sorted(set(pd.read_csv(c + '.csv').method)) == ['DKD', 'DKD (x)', 'baseline', 'teacher']
     lm.main(['--from-csv', a + '.csv', b + '.csv', '--out', c])
     assert 'KD' in set(pd.read_csv(c + '.csv').method)
+    lm.main(['--from-csv', a + '.csv', b + '.csv', '--methods=KD', '--out', c])  # argparse's other spelling filters too
+    assert sorted(set(pd.read_csv(c + '.csv').method)) == ['KD', 'teacher']
 
 
 def test_recipes_on_fashion_mnist(tmp_path):
