@@ -3,7 +3,8 @@
 The patient protocol of `bench/patient.py` (the code of `bench/logit_methods.py`): all the training images but a
 stratified 10% held out, random crop + flip, `--epochs` of fastai's one-cycle (max lr 0.01, batch 128); each run keeps
 the weights of its best held-out epoch, evaluated once on the 10,000 test images; seeds 0..n-1, per-seed rows in the
-CSV (written after every run: `--resume` goes on from it). The seed reports one number per model without saying how
+CSV (written after every run: `--resume` goes on from it, and a run killed part-way goes on from its last epoch, bit
+for bit as if never killed: `bench/logit_methods.py`'s `EpochCheckpoint`). The seed reports one number per model without saying how
 many runs or which epoch; its column is shown as it is. Models of the seed's list that are not in the zoo at the seed's
 size (its torchvision ResNets and EfficientNets, 11-64 M parameters) can be named with `--models torchvision:resnet18`.
 
@@ -42,7 +43,10 @@ def parse_args(argv=None):
     p.add_argument('--bs', type=int, default=128)
     p.add_argument('--lr', type=float, default=1e-2)
     p.add_argument('--threads', type=int, default=1)
-    p.add_argument('--resume', action='store_true', help='keep the rows of OUT.csv of the same protocol and run the missing ones')
+    p.add_argument('--resume', action='store_true', help='keep the rows of OUT.csv of the same protocol and run the missing ones; '
+                   'a run killed part-way goes on from its last epoch (its checkpoint in --checkpoints)')
+    p.add_argument('--checkpoints', default='kd_runs/checkpoints', help="folder of the runs' checkpoints (one per run under way, "
+                   'rewritten after every epoch, removed when its row is written)')
     p.add_argument('--from-csv', nargs='+', default=None, metavar='CSV', help='train nothing: the table of these per-seed rows')
     p.add_argument('--note', default='', help="a paragraph for OUT.md under the table (e.g. which machine ran which rows)")
     p.add_argument('--out', default='results/baselines_000', help='writes OUT.md and OUT.csv')
@@ -105,10 +109,13 @@ def main(argv=None):
         for seed in seeds:
             for model in args.models:
                 if (model, seed) in have: continue
-                _, rec = train(dls, model, args.epochs, args.lr, seed)
+                ckpt = Path(args.checkpoints)/f"{out.name}_{model.replace(':', '_')}_seed{seed}.pt"
+                if not args.resume: ckpt.unlink(missing_ok=True)  # a fresh table: no run goes on from an old checkpoint
+                _, rec = train(dls, model, args.epochs, args.lr, seed, checkpoint=ckpt)
                 rows.append(dict(pair=PAIR, model=model, method='baseline', seed=seed, **rec, command=cmd,
                                  **{k: getattr(args, k) for k in PROTOCOL}))
                 write_csv(pd.DataFrame(rows), out.with_suffix('.csv'))  # after every run, whole even if stopped while writing
+                ckpt.unlink(missing_ok=True)
                 print(f"{model} seed {seed}: {rec['test_acc']*100:.2f}% test (held-out {rec['heldout_acc']*100:.2f}%, "
                       f"best epoch {rec['best_epoch']}, {rec['sec_per_epoch']:.1f} s/epoch)", flush=True)
         df = pd.DataFrame(rows)

@@ -23,10 +23,12 @@ runs made on different machines share one teacher; `--resume` then continues an 
 recipes (`RECIPES`: TAKD with `--assistant`, RCO equal and greedy from a shipped teacher's route, CS-KD, Tf-KD self and
 virtual teacher; `bench/patient.py` runs those on all the data).
 """
-import argparse, json, shlex, sys, tempfile, time
+import argparse, ctypes, json, os, random, shlex, sys, tempfile, time
 from pathlib import Path
+import numpy as np
 import pandas as pd
 import torch
+from fastai.callback.core import Callback
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
@@ -39,6 +41,20 @@ from kd_fastai.models import zoo_model, count_parameters
 from kd_fastai.dkd import DKD_BETAS
 from kd_fastai.experiments import mean_std, to_markdown, write_csv
 import kd_fastai.methods  # noqa: F401 (Learner.distill with method=)
+
+class ReleaseFreeMemory(Callback):
+    "Hands the heap's free pages back to the system every `every` training batches (glibc's `malloc_trim`)"
+    # A one-thread torchvision resnet18 run on all the data grew from 1.2 GB to over 20 GB in an hour and was killed for
+    # memory (session 18): glibc had stopped returning freed buffers to the system. A fixed mmap threshold kept it flat
+    # but made each batch 1.7x slower; trimming every 50 batches costs nothing measurable.
+    def __init__(self, every:int=50): self.every, self.trim = every, getattr(_libc(), 'malloc_trim', None)
+    def after_batch(self):
+        if self.trim is not None and self.training and self.iter % self.every == 0: self.trim(0)
+
+def _libc():
+    try: return ctypes.CDLL('libc.so.6')
+    except OSError: return None  # not glibc: nothing to trim
+
 
 LOGIT_METHODS = {'baseline': None, 'KD': 'kd', 'KD+LS': 'kd+ls', 'DKD': 'dkd', 'DKD+LS': 'dkd+ls', 'DIST': 'dist',
                  'MLKD': 'mlkd', 'SDD': 'sdd', 'CLKD': 'clkd'}  # table name -> `distill(method=...)`
@@ -110,17 +126,73 @@ def make_data(fraction, holdout, bs, augment, teacher_fraction=None):
     return dls, tdls or dls, (len(train), len(held), len(yv), len(tdls.train_ds) if tdls else len(train))
 
 
-def train(dls, name, epochs, lr, seed, teacher=None, method=None, cbs=(), **method_kwargs):
+class EpochCheckpoint(Callback):
+    "Saves after each training epoch what a killed run needs to go on from the next one: weights, optimizer, RNGs, best epoch"
+    order = BestWeights.order + 1  # after `best` has saved a new best epoch
+    def __init__(self, fname, # the checkpoint file: read if it exists (the run goes on from it), rewritten every epoch
+                 best:BestWeights, # the run's best-epoch keeper, whose state (and best weights) the checkpoint carries
+                 key:dict): # what the run is (model, seed, protocol): a checkpoint of another run is refused
+        self.fname, self.best, self.key, self.state = Path(fname), best, key, None
+        if self.fname.exists():
+            self.state = torch.load(self.fname, map_location='cpu', weights_only=False)
+            if self.state['key'] != key:
+                raise ValueError(f"{self.fname} is the checkpoint of another run ({self.state['key']}, not {key}): remove it.")
+        self.start = self.state['epoch'] if self.state else 0  # the first epoch to train (`fit(start_epoch=...)`)
+        self.elapsed = self.state['elapsed'] if self.state else 0.  # seconds of training so far, earlier processes included
+
+    def best_file(self): return self.learn.path/self.learn.model_dir/f'{self.best.fname}.pth'
+    def before_fit(self): self.t0, self.before = time.perf_counter(), self.elapsed
+    def restore_best(self, s):
+        "The best epoch so far and its weights (in `best`'s file) as the checkpoint `s` has them"
+        self.best.best, self.best.best_epoch = s['best'], s['best_epoch']
+        if s['best_weights'] is not None:
+            self.best_file().parent.mkdir(parents=True, exist_ok=True); self.best_file().write_bytes(s['best_weights'])
+
+    def finished(self, learn)->bool:
+        "True if the checkpoint's run trained all its epochs (killed before its row was written): `learn` gets its best weights"
+        if self.state is None or self.state['epoch'] < self.key['epochs']: return False
+        self.learn = learn; self.restore_best(self.state)
+        learn.load(self.best.fname, with_opt=False, weights_only=False)
+        return True
+
+    def before_train(self):
+        s, self.state = self.state, None
+        if s is None: return
+        self.learn.model.load_state_dict(s['model']); self.learn.opt.load_state_dict(s['opt'])
+        self.restore_best(s)
+        random.setstate(s['rng']['python']); np.random.set_state(s['rng']['numpy']); torch.set_rng_state(s['rng']['torch'])
+        self.dls.train.rng.setstate(s['rng']['loader'])
+
+    def after_epoch(self):
+        if self.epoch < self.start: return  # an epoch skipped by the resumed fit
+        self.elapsed = self.before + time.perf_counter() - self.t0
+        f = self.best_file()
+        rng = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(), loader=self.dls.train.rng.getstate())
+        state = dict(key=self.key, epoch=self.epoch + 1, elapsed=self.elapsed, model=self.learn.model.state_dict(),
+                     opt=self.learn.opt.state_dict(), best=self.best.best, best_epoch=self.best.best_epoch,
+                     best_weights=f.read_bytes() if f.exists() else None, rng=rng)
+        self.fname.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, self.fname.with_suffix('.tmp')); os.replace(self.fname.with_suffix('.tmp'), self.fname)  # whole or not at all
+
+
+def train(dls, name, epochs, lr, seed, teacher=None, method=None, cbs=(), checkpoint=None, **method_kwargs):
     """One run: returns (model, record) with the test accuracy (`dls[2]`) of its best held-out epoch; `method`: a
-    `distill(method=...)` name, or None for `fit_one_cycle` with the callbacks `cbs` (the student alone, or a recipe)"""
+    `distill(method=...)` name, or None for `fit_one_cycle` with the callbacks `cbs` (the student alone, or a recipe);
+    `checkpoint`: a file (student alone only) saved after every epoch, from which a killed run goes on when called again"""
     set_seed(seed, reproducible=True)
+    for dl in dls.loaders: dl.rng = random.Random(seed)  # the batch order too (a loader's rng was drawn when it was built)
     learn = Learner(dls, zoo_model(name, in_channels=1, num_classes=10), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
     best = BestWeights(monitor='accuracy', fname=f'best_{name}')
+    if checkpoint is not None and (method is not None or cbs):
+        raise ValueError("A checkpoint resumes the student alone only: a method's or a recipe's own state is not saved in it.")
+    ckpt = EpochCheckpoint(checkpoint, best, dict(model=name, seed=seed, epochs=epochs, lr=lr, bs=dls.train.bs, n_train=len(dls.train_ds))) if checkpoint else None
     t0 = time.perf_counter()
     with learn.no_bar(), learn.no_logging():
-        if method is None: learn.fit_one_cycle(epochs, lr, cbs=[*cbs, best])
-        else: learn.distill(teacher, epochs, lr, method=method, metrics=False, cbs=best, **method_kwargs)
-    sec = (time.perf_counter() - t0) / epochs
+        if ckpt and ckpt.finished(learn): pass
+        elif ckpt: learn.fit_one_cycle(epochs, lr, cbs=[best, ckpt, ReleaseFreeMemory()], start_epoch=ckpt.start)
+        elif method is None: learn.fit_one_cycle(epochs, lr, cbs=[*cbs, best, ReleaseFreeMemory()])
+        else: learn.distill(teacher, epochs, lr, method=method, metrics=False, cbs=[best, ReleaseFreeMemory()], **method_kwargs)
+    sec = (ckpt.elapsed if ckpt else time.perf_counter() - t0) / epochs
     with learn.no_bar(), learn.no_logging(): test_acc = float(learn.validate(dl=dls[2])[1])
     rec = dict(best_epoch=best.best_epoch + 1, heldout_acc=float(best.best), test_acc=test_acc, sec_per_epoch=sec,
                params=count_parameters(learn.model))

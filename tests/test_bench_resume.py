@@ -114,3 +114,36 @@ def test_baselines_join_patient_rows(tmp_path, calls):
     assert '| model_25k_wo_dw |' in md and '\n\nRows from two machines.\n' in md
     pd.DataFrame([dict(own, seed=0, test_acc=0.9, epochs=10)]).to_csv(b, index=False)
     with pytest.raises(SystemExit, match='differ in epochs'): baselines.main(['--from-csv', str(a) + '.csv', str(b), '--out', str(c)])
+
+
+class Killed(Exception): "stands for the process being killed"
+
+
+def test_killed_run_goes_on_from_its_checkpoint(tmp_path):
+    "A student-alone run killed after an epoch and started again from its checkpoint ends as the run never killed did"
+    from fastai.callback.core import Callback
+    dls, _, _ = lm.make_data(0.01, 0.1, 64, augment=True)
+    whole, rec = lm.train(dls, 'model_25k_wo_dw', 3, 1e-2, 0, checkpoint=tmp_path/'whole.pt')
+    class KillAfterEpoch(Callback):
+        order = lm.EpochCheckpoint.order + 1  # once the epoch's checkpoint is written
+        def after_epoch(self):
+            if self.epoch == 1: raise Killed("killed after epoch 1")
+    fit = lm.Learner.fit
+    def fit_then_killed(self, *a, cbs=None, **k): return fit(self, *a, cbs=[*cbs, KillAfterEpoch()], **k)
+    ck = tmp_path/'killed.pt'
+    with pytest.MonkeyPatch.context() as m, pytest.raises(Killed):
+        m.setattr(lm.Learner, 'fit', fit_then_killed)
+        lm.train(dls, 'model_25k_wo_dw', 3, 1e-2, 0, checkpoint=ck)
+    assert lm.torch.load(ck, weights_only=False)['epoch'] == 2
+    dls, _, _ = lm.make_data(0.01, 0.1, 64, augment=True)              # a new process: new loaders
+    resumed, rec2 = lm.train(dls, 'model_25k_wo_dw', 3, 1e-2, 0, checkpoint=ck)
+    assert all(lm.torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
+    last = [lm.torch.load(f, weights_only=False)['model'] for f in (tmp_path/'whole.pt', ck)]  # the last epoch's weights (not the best's)
+    assert all(lm.torch.equal(last[0][k], last[1][k]) for k in last[0])
+    assert {k: rec[k] for k in ('best_epoch', 'heldout_acc', 'test_acc')} == {k: rec2[k] for k in ('best_epoch', 'heldout_acc', 'test_acc')}
+    assert rec2['sec_per_epoch'] > 0
+    again, rec3 = lm.train(dls, 'model_25k_wo_dw', 3, 1e-2, 0, checkpoint=ck)  # all epochs done (killed before its row): the best weights
+    assert all(lm.torch.equal(a, b) for a, b in zip(whole.state_dict().values(), again.state_dict().values()))
+    assert rec3['test_acc'] == rec['test_acc'] and rec3['best_epoch'] == rec['best_epoch']
+    with pytest.raises(ValueError, match='checkpoint of another run'): lm.train(dls, 'model_25k_wo_dw', 3, 1e-2, 1, checkpoint=ck)
+    with pytest.raises(ValueError, match='student alone only'): lm.train(dls, 'model_25k_wo_dw', 3, 1e-2, 0, method='kd', checkpoint=ck)
