@@ -26,7 +26,8 @@ _all_ = ['find_module', 'teacher_features']  # defined in kd_fastai.hookpoints; 
 
 # %% auto #0
 __all__ = ['CHANNEL_FREE_LOSSES', 'feature_pairs', 'StopAt', 'make_adapter', 'match_size', 'add_params', 'remove_params',
-           'FeatureDistillCallback', 'feature_metrics', 'feature_stage', 'find_module', 'teacher_features']
+           'first_items', 'FeatureDistillCallback', 'feature_metrics', 'feature_stage', 'find_module',
+           'teacher_features']
 
 # %% ../nbs/13_features.ipynb #61b8c91d
 def feature_pairs(pairs, # None, a name, a list of names or of (student, teacher) name pairs, or a dict
@@ -133,6 +134,10 @@ def remove_params(opt, params):
 # %% ../nbs/13_features.ipynb #77a25cb6
 def _value(v, pct): return v(pct) if callable(v) else v
 
+def first_items(xb:tuple, n:int=2)->tuple:
+    "The first `n` items of a batch's inputs: enough for shape probes and dry runs (eval mode), at a fraction of the cost"
+    return tuple(x[:n] if isinstance(x, torch.Tensor) and x.dim() else x for x in xb)
+
 class FeatureDistillCallback(FitScopedCallback):
     "Add losses between named student and teacher features to the training loss; the base of the feature methods"
     order = GradientAccumulation.order - 1  # the full loss must exist before gradient accumulation rescales it
@@ -169,7 +174,7 @@ class FeatureDistillCallback(FitScopedCallback):
 
     def probe_batch(self)->tuple:
         "The inputs of one training batch, drawn without moving any random state (for shape probes before the fit)"
-        return tuple(peek_batch(self.learn.dls.train)[:self.learn.dls.n_inp])
+        return first_items(peek_batch(self.learn.dls.train)[:self.learn.dls.n_inp])
 
     def pair_weights(self)->list:
         "One weight per pair, from `feat_weight`"
@@ -208,7 +213,7 @@ class FeatureDistillCallback(FitScopedCallback):
     def points(self, model:nn.Module, names:list, role:str)->list:
         "Where the features of `role` ('student'/'teacher') are read: block outputs, or traced pre-activation features"
         if self.preact not in (role, 'both'): return [FeaturePoint(n) for n in names]
-        calls = trace_calls(model, self.xb)
+        calls = trace_calls(model, first_items(self.xb))  # a traced pass keeps its graph: two items, not the batch
         res = []
         for n in names:
             try: res.append(preact_point(model, n, calls=calls))
@@ -274,18 +279,19 @@ class FeatureDistillCallback(FitScopedCallback):
     def dry_run(self):
         "First batch, eval mode, no gradient: find the hook points, build the connectors, fail clearly on unjoinable features"
         model, t = unwrap_model(self.learn.model), self.teacher  # the plain student: no DDP collectives in this local dry run
-        if isinstance(self.xb[0], torch.Tensor): t.to(self.xb[0].device)
+        xb = first_items(self.xb)  # only shapes are needed: no full-batch pass of either network before the first step
+        if isinstance(xb[0], torch.Tensor): t.to(xb[0].device)
         s_points = self.points(model, [s for s, _ in self.pairs], 'student')
         if self.hooks is None or list(map(repr, s_points)) != list(map(repr, self.s_points or [])): self._hook_student(model, s_points)
         self.t_points = self.points(t.model, [n for _, n in self.pairs], 'teacher')
         modes = [(m, m.training) for m in model.modules()]
         model.eval()
         try:
-            with torch.no_grad(): model(*self.xb)
+            with torch.no_grad(): model(*xb)
             fs = self.student_features()
         finally:
             for m, mode in modes: m.training = mode
-        ft = teacher_features(t, self.t_points, self.xb, self.stop_early)
+        ft = teacher_features(t, self.t_points, xb, self.stop_early)
         self._dry = True
         try: self.make_connectors(fs, ft)
         finally: self._dry = False

@@ -10,7 +10,7 @@ from torch import nn
 from .hookpoints import stage_pairs, classifier_input
 from .logit import warmup_factor
 from .ddp import unwrap_model
-from .features import FeatureDistillCallback
+from .features import FeatureDistillCallback, first_items
 
 # %% auto #0
 __all__ = ['REVIEWKD_WEIGHTS', 'ABF', 'ReviewKDCallback']
@@ -77,7 +77,7 @@ class ReviewKDCallback(FeatureDistillCallback):
 
     def points(self, model, names, role):
         "The stage features (pre-ReLU on the teacher) and the pooled vector (the last `nn.Linear`'s input)"
-        return super().points(model, names, role) + [classifier_input(model, self.xb)]
+        return super().points(model, names, role) + [classifier_input(model, first_items(self.xb))]
 
     def feat_scale(self)->float:
         w = self.warmup
