@@ -11,7 +11,7 @@ from fastcore.basics import store_attr
 from .losses import rkd_loss, soft_target_loss
 from .teacher import first_output
 from .ddp import unwrap_model
-from .features import FeatureDistillCallback, find_module
+from .features import FeatureDistillCallback, find_module, first_items
 
 # %% auto #0
 __all__ = ['classifier_input_point', 'InputHook', 'PooledFeatureCallback', 'RKDCallback']
@@ -86,11 +86,11 @@ class PooledFeatureCallback(FeatureDistillCallback):
         self.hooks = [hook]
         self.on_exit(hook.remove)
 
-    def teacher_pass(self):
-        "The teacher's pooled vectors (a one-item list) and logits for the current batch: one forward pass without gradient"
+    def teacher_pass(self, xb=None):
+        "The teacher's pooled vectors (a one-item list) and logits for the current batch (or `xb`): one forward pass without gradient"
         name = self.pairs[0][1]
         with InputHook(find_module(self.teacher.model, name, 'teacher'), detach=True) as h:
-            out = self.teacher(*self.xb, inference=False)
+            out = self.teacher(*(self.xb if xb is None else xb), inference=False)
         if h.stored is None: raise RuntimeError(f"The teacher's module {name!r} did not run during its forward pass.")
         return [h.stored], out
 
@@ -101,13 +101,14 @@ class PooledFeatureCallback(FeatureDistillCallback):
         "The first batch in eval mode without gradient: check the classifier points, create the extras, add them to the optimizer"
         model = unwrap_model(self.learn.model)
         modes = [(m, m.training) for m in model.modules()]
+        xb = first_items(self.xb)  # only shapes are needed: two items, not the batch
         model.eval()
         try:
-            with torch.no_grad(): out = first_output(model(*self.xb))
+            with torch.no_grad(): out = first_output(model(*xb))
             fs = self.student_features()
         finally:
             for m, mode in modes: m.training = mode
-        ft, t_out = self.teacher_pass()
+        ft, t_out = self.teacher_pass(xb)
         for what, net, point, o in (('student', model, self.student_point, out), ('teacher', self.teacher.model, self.teacher_point, t_out)):
             lin = None if point is not None else _final_linear(net)[1]
             if lin is not None and lin.out_features != o.shape[-1]:
