@@ -42,11 +42,12 @@ from .fitnet import *
 from .at import *
 from .ofd import *
 from .reviewkd import *
+from .cached_features import *
 from .methods import *
 import kd_fastai
 # a star import of this module re-exports every module's public names (`Learner.distill` etc. are patched on import)
 _MODULES = ('fmnist_files', 'data', 'zoonet', 'models_004', 'tv_models',
             'models', 'feature_losses', 'losses', 'teacher', 'pretrained', 'restore', 'ddp', 'kd', 'experiments', 'leaderboard', 'takd', 'rco', 'selfkd',
             'hookpoints', 'features', 'stagewise', 'cache', 'views', 'cached_kd', 'logit', 'dkd', 'dist', 'mlkd', 'sdd', 'clkd', 'rkd', 'crd',
-            'fitnet', 'at', 'ofd', 'reviewkd', 'methods')
+            'fitnet', 'at', 'ofd', 'reviewkd', 'cached_features', 'methods')
 __all__ = list(dict.fromkeys(n for m in _MODULES for n in getattr(kd_fastai, m).__all__))

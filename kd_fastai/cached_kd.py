@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_cached_kd.ipynb #a27a38e8
 from __future__ import annotations
-import inspect, warnings
+import inspect, sys, warnings
 from pathlib import Path
 import torch
 from fastcore.basics import store_attr, patch
@@ -22,7 +22,8 @@ from .ddp import plain_dl, is_distributed, is_rank0, broadcast_object
 from .views import ItemOrder, random_tfms, random_probe, random_reasons, ViewReplay, ReplayedTfm, _replayed_pipeline
 
 # %% auto #0
-__all__ = ['CACHE_ARGS', 'TeacherCacheMixin', 'CachedKDCallback', 'register_cached', 'cached_callback', 'indexed_dls']
+__all__ = ['CACHE_ARGS', 'TeacherCacheMixin', 'CachedKDCallback', 'register_cached', 'cached_callback', 'mixed_class',
+           'indexed_dls']
 
 # %% ../nbs/15_cached_kd.ipynb #03526569
 _SIG_DIM = 4  # numbers kept per input to check it (see `input_signature`)
@@ -252,12 +253,17 @@ def cached_callback(cls):
         raise ValueError(f"{cls.__name__} cannot use the teacher-output cache: " + (why or
                          f"it overrides {', '.join(dict.fromkeys(changed))}, so its teacher may see other inputs than the "
                          "loader's batch, or give other outputs than its (B, C) logits") + f". Use {cls.__name__} itself (live teacher).")
-    if cls not in _CACHED:
-        new = type(f'Cached{cls.__name__}', (TeacherCacheMixin, cls),
-                   {'__doc__': f"`{cls.__name__}` with its teacher logits from the teacher-output cache",
-                    '__module__': __name__, '_stateattrs': cls._stateattrs + TeacherCacheMixin.cache_stateattrs})
-        globals()[new.__name__] = _CACHED[cls] = new  # a module attribute: learn.export() can pickle it
-    return _CACHED[cls]
+    return mixed_class(cls, TeacherCacheMixin, _CACHED, __name__, 'its teacher logits')
+
+def mixed_class(cls, mixin, registry:dict, # the callback class, the cache mixin, the classes made so far
+                module:str, what:str): # the module that keeps the new class, what it takes from the cache (for its docstring)
+    "`Cached{cls.__name__}`, the class `mixin` + `cls`: made once, kept in `registry` and in `module` (so learn.export() can pickle it)"
+    if cls not in registry:
+        new = type(f'Cached{cls.__name__}', (mixin, cls), {'__doc__': f"`{cls.__name__}` with {what} from the teacher-output cache",
+                   '__module__': module, '_stateattrs': cls._stateattrs + mixin.cache_stateattrs})
+        setattr(sys.modules[module], new.__name__, new)
+        registry[cls] = new
+    return registry[cls]
 
 # %% ../nbs/15_cached_kd.ipynb #43b8d836
 @patch

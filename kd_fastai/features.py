@@ -210,10 +210,10 @@ class FeatureDistillCallback(FitScopedCallback):
 
     def _key(self, name): return name.replace('.', '__')  # ModuleDict keys may not contain dots
 
-    def points(self, model:nn.Module, names:list, role:str)->list:
-        "Where the features of `role` ('student'/'teacher') are read: block outputs, or traced pre-activation features"
+    def points(self, model:nn.Module, names:list, role:str, xb:tuple|None=None)->list:
+        "Where the features of `role` ('student'/'teacher') are read: block outputs, or traced pre-activation features (of `xb`, default the batch)"
         if self.preact not in (role, 'both'): return [FeaturePoint(n) for n in names]
-        calls = trace_calls(model, first_items(self.xb))  # a traced pass keeps its graph: two items, not the batch
+        calls = trace_calls(model, first_items(self.xb if xb is None else xb))  # a traced pass keeps its graph: two items, not the batch
         res = []
         for n in names:
             try: res.append(preact_point(model, n, calls=calls))
@@ -311,12 +311,16 @@ class FeatureDistillCallback(FitScopedCallback):
         if not self._checked: self.dry_run(); self._checked = True
         self.adapters.train(self.training)  # connectors with BatchNorm follow the learner's mode
 
+    def teacher_pass(self, xb:tuple|None=None)->tuple:
+        "The teacher's features at its hook points for `xb` (default: this batch), and its logits when there is a KD term (else None)"
+        xb = self.xb if xb is None else xb
+        if not self.kd_weight: return teacher_features(self.teacher, self.t_points, xb, self.stop_early), None
+        return teacher_features(self.teacher, self.t_points, xb, logits=True)
+
     def after_pred(self):
         if not self.active or not (self.training or self.valid_features or self.task_weight == 0): return
-        if not self.kd_weight:
-            self.t_feats = teacher_features(self.teacher, self.t_points, self.xb, self.stop_early)
-            return
-        self.t_feats, t = teacher_features(self.teacher, self.t_points, self.xb, logits=True)
+        self.t_feats, t = self.teacher_pass()
+        if t is None: return
         if t.shape != self.pred.shape:
             raise ValueError(f"The teacher predicts shape {tuple(t.shape)} but the student {tuple(self.pred.shape)}: the KD term "
                              "needs the same number of classes (or use kd_weight=0).")

@@ -171,7 +171,7 @@ def distill_experiment(teacher:str='model_1M_wo_dw', # zoo name of the teacher (
                        overhaul:bool=False, # OFD on top of KD (method 'ofd+kd'), seed 004's --overhaul
                        method_kwargs:dict|None=None, # more arguments of the method's callback, e.g. dict(beta=8.) for DKD
                        teacher_weights:str|None=None, # local weights file the teacher starts from (nothing downloads)
-                       teacher_cache:bool=False, # the teacher's logits from the teacher-output cache (methods that allow it)
+                       teacher_cache:bool=False, # the teacher's outputs from the teacher-output cache (logits; hooked features for FitNet, AT, ReviewKD)
                        jobs:int=1, # runs trained at once, each in its own process with one thread (CPU only; up to one per core)
                        valid_every:int=1, # validate every this many epochs and after the last (0: after the last only)
                        log=print)->pd.DataFrame:
@@ -244,7 +244,7 @@ def _parser():
     add('overhaul', action='store_true', default=None, help="OFD on top of KD (method 'ofd+kd'), as seed 004's --overhaul")
     add('T', type=float, help="temperature (default: the method's, 4 for KD)")
     p.add_argument('--w', '--alpha', dest='alpha', type=float, help="KD weight alpha (default: the method's, 0.9 for KD)")
-    add('teacher_cache', action='store_true', default=None, help="the teacher's logits from the teacher-output cache, filled once")
+    add('teacher_cache', action='store_true', default=None, help="the teacher's outputs (logits; FitNet, AT, ReviewKD: hooked features) from the teacher-output cache, filled once")
     add('method_args', type=json.loads, help='more arguments of the method\'s callback as JSON, e.g. \'{"beta": 8}\'')
     add('lr', type=float, help='max learning rate (default: 0.01)')
     add('bs', type=int, help='batch size (default: 128)')

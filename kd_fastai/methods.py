@@ -16,6 +16,7 @@ from .mlkd import MLKDCallback
 from .sdd import SDDCallback
 from .clkd import CLKDCallback
 from .cached_kd import cached_callback, CACHE_ARGS
+from .cached_features import cached_feature_callback
 from fastcore.foundation import L
 from .kd import kd_metrics
 from .features import FeatureDistillCallback, feature_metrics
@@ -83,7 +84,7 @@ def method_args(cls)->set:
 UNCACHED = {}  # methods whose teacher outputs the teacher-output cache cannot hold, and why (every logit method can now)
 
 def method_callback(method:str, teacher, standardize:bool=False,
-                    cache:bool=False, # teacher logits from the teacher-output cache (`cached_callback`)
+                    cache:bool=False, # teacher outputs from the teacher-output cache (`cached_callback`; feature methods: `cached_feature_callback`)
                     **kwargs):
     "The callback of `method` for `teacher`; what `kwargs` leaves out takes the authors' defaults"
     cls, std = resolve_method(method, standardize)
@@ -91,9 +92,7 @@ def method_callback(method:str, teacher, standardize:bool=False,
     if with_kd: kwargs = {**FEATURE_KD, **kwargs}
     if cache:
         if key in UNCACHED: raise ValueError(f"{method!r} cannot use the teacher-output cache: {UNCACHED[key]}. Use cache=False.")
-        if is_feature_method(cls): raise ValueError(f"{method!r} cannot use the teacher-output cache: it needs the teacher's feature maps, "
-                                                    "the cache stores B x C logits per item. Use cache=False.")
-        cls = cached_callback(cls)
+        cls = cached_feature_callback(cls) if is_feature_method(cls) else cached_callback(cls)
     args = method_args(cls) | (set(CACHE_ARGS) if cache else set())
     bad = [k for k in kwargs if k not in args]
     if bad: raise TypeError(f"{cls.__name__} takes no argument(s) {bad}; it takes {sorted(args)}.")
@@ -108,7 +107,7 @@ def distill(self:Learner, teacher, n_epoch:int, lr=None, # the teacher, number o
             metrics:bool=True, # report `distill_loss` and `teacher_agreement` during validation
             fit:str='fit_one_cycle', # name of the Learner method that trains: 'fit_one_cycle', 'fit', 'fit_flat_cos'...
             cbs=None, # extra callbacks for this call only
-            cache:bool=False, # teacher outputs from the teacher-output cache, filled once (every logit method)
+            cache:bool=False, # teacher outputs from the teacher-output cache, filled once (every logit method; FitNet, AT, ReviewKD)
             cache_path=None, # folder of the teacher caches, reused by later runs (implies `cache=True`)
             cache_kwargs:dict|None=None, # more cache arguments (`CACHE_ARGS`: views, dtype, topk, verbose, ...)
             **kwargs): # the method's hyper-parameters (T, alpha, beta, warmup, ...; see its callback), then the fit's

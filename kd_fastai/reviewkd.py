@@ -75,9 +75,9 @@ class ReviewKDCallback(FeatureDistillCallback):
         names = (getattr(self.teacher.model, 'name', None), getattr(unwrap_model(self.learn.model), 'name', None))
         return [REVIEWKD_WEIGHTS.get(names, 1.) if w is None else w]
 
-    def points(self, model, names, role):
+    def points(self, model, names, role, xb=None):
         "The stage features (pre-ReLU on the teacher) and the pooled vector (the last `nn.Linear`'s input)"
-        return super().points(model, names, role) + [classifier_input(model, first_items(self.xb))]
+        return super().points(model, names, role, xb) + [classifier_input(model, first_items(self.xb if xb is None else xb))]
 
     def feat_scale(self)->float:
         w = self.warmup

@@ -1,6 +1,7 @@
 """The feature methods (FitNet, AT, OFD, ReviewKD, '+kd') under the newest fastai: `Learner.distill(method=...)` on a
-fastai `DataBlock` of PNG files with `aug_transforms`, zoo and `vision_learner` models; the teacher handed back (OFD's
-BatchNorm statistics included), no hook left, connectors not exported, export -> load_learner -> predict."""
+fastai `DataBlock` of PNG files with `aug_transforms`, zoo and `vision_learner` models, and from the teacher-output
+cache; the teacher handed back (OFD's BatchNorm statistics included), no hook left, connectors not exported,
+export -> load_learner -> predict."""
 import pytest
 import torch
 from fastai.vision.all import Normalize, Learner, load_learner, accuracy, aug_transforms, vision_learner, resnet18, get_image_files
@@ -68,3 +69,29 @@ class GrabCallback(Callback):
     def before_train(self):
         cb = next(c for c in self.learn.cbs if hasattr(c, 'pairs') and hasattr(c, 'adapters'))
         self.pairs = [tuple(p) for p in cb.pairs]
+
+
+class TeacherCalls(Callback):
+    "Count the teacher's forward passes during training and validation batches after the first (the dry run's)"
+    order = 100
+    def __init__(self, teacher): self.teacher, self.calls, self.h = teacher, 0, None
+    def after_batch(self):
+        if self.h is None: self.h = self.teacher.register_forward_pre_hook(lambda *a: setattr(self, 'calls', self.calls + 1))
+    def after_fit(self): self.h.remove()
+
+
+@pytest.mark.parametrize('method,views', [('fitnet+kd', None), ('reviewkd', 2)])
+def test_feature_method_from_cache(folder, method, views):
+    "The teacher's features from the teacher-output cache (a deterministic DataBlock, or a replayable crop + flip with views=2): no teacher pass after the fill"
+    d, _ = folder
+    tfms, ckw = ([RandomCropFlip(pad=2)], dict(views=views)) if views else ([], {})
+    dls = folder_dls(d, bs=8, batch_tfms=[*tfms, Normalize.from_stats([0.5], [0.25])])
+    teacher = vision_learner(dls, resnet18, pretrained=False, n_in=1).model.train()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    learn = vision_learner(dls, resnet18, pretrained=False, n_in=1, path=d)
+    calls = TeacherCalls(teacher)
+    with learn.no_bar(), learn.no_logging():
+        learn.distill(teacher, 1, 1e-3, method=method, cache=True, cache_kwargs=dict(verbose=False, **ckw), cbs=calls)
+    assert calls.calls == 0
+    assert all(torch.isfinite(torch.tensor(v)).all() for v in learn.recorder.values[-1])
+    _check(learn, teacher, before, d, f'cached_{method.replace("+", "_")}')
