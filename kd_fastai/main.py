@@ -132,7 +132,10 @@ def method_setup(method:str, T=None, alpha=None, method_kwargs:dict|None=None):
         raise ValueError(f"Method {method!r} refuses the settings {kw}: {e} (--T and --w are its callback's `T` and `alpha`; "
                          f"pass its own settings with method_kwargs / --method-args).") from None
     except Exception: pass  # anything else depends on the real teacher, and the real build reports it
-    shown = {k: v for k, v in _init_defaults(cls).items() if k in ('T', 'alpha') and isinstance(v, (int, float))}
+    defaults = _init_defaults(cls)
+    if kdm.is_feature_method(cls) and not (kdm._parse(method)[2] or kw.get('kd_weight')):
+        defaults = {}  # a feature method without a KD term ('+kd', --w): its default T plays no part, so the label leaves it out
+    shown = {k: v for k, v in defaults.items() if k in ('T', 'alpha') and isinstance(v, (int, float))}
     shown.update({k: v for k, v in kw.items() if k not in ('valid_metrics', 'valid_features')})
     args = ', '.join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in shown.items())
     return kw, method.upper() + (f" ({args})" if args else '')
