@@ -16,7 +16,7 @@ endif
 # the newest fastai line that users install next to kd_fastai; checked by `make test` too
 LATEST_FASTAI ?= 'fastai==2.8.12' 'fastcore>=2.2.22' 'fasttransform>=0.0.3' 'plum-dispatch<2.10' 'fastprogress>=1.0.3' fastdownload
 
-.PHONY: demo test test-nbs test-latest slow bench data install export clean-venv device-carry
+.PHONY: demo test test-nbs test-latest test-install slow bench data install export clean-venv device-carry docs test-docs browser
 
 install: $(STAMP)
 
@@ -41,13 +41,39 @@ data:
 demo: $(STAMP) data
 	$(BIN)/kd_fastai_distill --preset quick
 
-test: test-nbs test-latest
+test: test-nbs test-latest test-install test-docs
 
 test-nbs: $(STAMP) data
 	$(BIN)/nbdev_test --n_workers 2 --timing
 
 test-latest: $(LATEST_STAMP) data
-	PYTHONPATH=$(LATEST) $(BIN)/python -m pytest -q --durations=8 tests
+	PYTHONPATH=$(LATEST) $(BIN)/python -m pytest -q --durations=8 tests --ignore=tests/test_docs.py
+
+# kd_fastai's wheel installed with its runtime requirements only (no extras) into a fresh environment that reuses the dev
+# environment's torch: `from kd_fastai.all import *`, a shipped teacher, one short distillation, export -> predict
+test-install: $(STAMP) data
+	env -u PYTHONPATH $(BIN)/python tests/plain_install.py
+
+# the documentation site: docs/build.py executes the teaching notebooks, renders every notebook and runs
+# `mkdocs build --strict` into _site/; its packages (docs/requirements.txt) go into the dev environment
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP) docs/requirements.txt
+	$(BIN)/python -m pip install -q -r docs/requirements.txt
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP) data
+	env -u PYTHONPATH $(BIN)/python docs/build.py
+
+# headless Chromium (Debian's package) for the site's browser test
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)) >/dev/null; \
+	else echo "Chromium not found: run 'sudo apt-get install chromium'"; exit 1; fi
+
+# builds the site strictly and opens it in headless Chromium (screenshots in _site_build/screenshots/)
+test-docs: $(DOCS_STAMP) data browser
+	env -u PYTHONPATH KD_FASTAI_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -s tests/test_docs.py
 
 # real-data training cells (`#| slow`), not run by CI
 slow: $(STAMP) data

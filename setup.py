@@ -34,7 +34,9 @@ setuptools.setup(
     include_package_data=True,
     package_data={cfg['lib_name']: ['weights/*.pth', 'weights/*.json']},  # the shipped teachers
     install_requires=reqs('requirements'),
-    extras_require={'dev': reqs('dev_requirements')},
+    extras_require={'dev': reqs('dev_requirements'),
+                    'ddp': reqs('ddp_requirements'),    # several GPUs: fastai's distrib_ctx needs accelerate
+                    'timm': reqs('timm_requirements')},  # timm models by name
     dependency_links=cfg.get('dep_links', '').split(),
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(),

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from logit_methods import make_data, train
-from kd_fastai.experiments import mean_std, to_markdown, write_csv
+from kd_fastai.experiments.runs import mean_std, to_markdown, write_csv
 
 # Seed 000's "Baseline Accuracy (%) FMNIST" column and its parameter counts (10 classes, 3-channel input in the seed)
 SEED_000 = {'model_1M_wo_dw': (92.67, 1180970), 'model_1M_w_dw': (91.89, 1159474), 'model_600k_wo_dw': (92.93, 590378),

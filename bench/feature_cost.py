@@ -14,11 +14,11 @@ if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
 import torch
 import pandas as pd
 from fastai.torch_core import set_seed
-from kd_fastai.data import fashion_mnist_dls
-from kd_fastai.models import zoo_model, count_parameters
-from kd_fastai.methods import method_callback
-from kd_fastai.experiments import to_markdown
-from kd_fastai.losses import crd_bank_bytes
+from kd_fastai.data.core import fashion_mnist_dls
+from kd_fastai.models.zoo import zoo_model, count_parameters
+from kd_fastai.core.registry import method_callback
+from kd_fastai.experiments.runs import to_markdown
+from kd_fastai.losses.logit import crd_bank_bytes
 sys.path.insert(0, str(Path(__file__).parent))
 from logit_cost import epoch_time  # one training epoch of a fresh student, with or without a callback
 

@@ -18,10 +18,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from fastai.learner import Learner
 from fastai.callback.core import Callback, CancelFitException
 from fastai.torch_core import set_seed
-from kd_fastai.data import synthetic_dls
-from kd_fastai.models import zoo_model, count_parameters
-from kd_fastai.methods import method_callback
-from kd_fastai.experiments import to_markdown
+from kd_fastai.data.core import synthetic_dls
+from kd_fastai.models.zoo import zoo_model, count_parameters
+from kd_fastai.core.registry import method_callback
+from kd_fastai.experiments.runs import to_markdown
 
 METHODS = ('fitnet', 'at', 'rkd', 'crd', 'ofd', 'reviewkd')
 

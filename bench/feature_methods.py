@@ -2,7 +2,7 @@
 
 The same protocol and code as `bench/logit_methods.py` (its data split, teachers, held-out epoch choice, seeds and
 table), with the feature methods' rows: every method takes the authors' defaults of its `kd_fastai` callback
-(`kd_fastai.methods.METHODS`; '+KD' adds KD with weight 1 at T = 4 as RepDistiller's `-a 1`). The feature methods need
+(`kd_fastai.core.registry.METHODS`; '+KD' adds KD with weight 1 at T = 4 as RepDistiller's `-a 1`). The feature methods need
 the teacher's feature maps, so the teacher runs at every step (no teacher-output cache). The baseline and KD rows of
 the same pairs come from the logit table's runs (same command line but the methods): pass their CSV to `--from-csv`.
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
-from kd_fastai.data import fashion_mnist_dls
-from kd_fastai.models import zoo_model, count_parameters
-from kd_fastai.teacher import FrozenTeacher
-from kd_fastai.kd import KDCallback
-from kd_fastai.experiments import EpochTimer, to_markdown
+from kd_fastai.data.core import fashion_mnist_dls
+from kd_fastai.models.zoo import zoo_model, count_parameters
+from kd_fastai.core.teacher import FrozenTeacher
+from kd_fastai.core.kd import KDCallback
+from kd_fastai.experiments.runs import EpochTimer, to_markdown
 import pandas as pd
 
 

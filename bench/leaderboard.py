@@ -9,7 +9,7 @@ OUT.csv (one row per setting, model and method) and OUT.png (accuracy vs paramet
 """
 import argparse, shlex, sys
 from pathlib import Path
-from kd_fastai.leaderboard import leaderboard, leaderboard_markdown, plot_leaderboard
+from results_tables import leaderboard, leaderboard_markdown, plot_leaderboard
 
 
 def parse_args(argv=None):

@@ -15,9 +15,9 @@ from fastai.learner import Learner
 from fastai.torch_core import set_seed
 from fastai.data.load import DataLoader
 from fastai.torch_core import TensorImage, TensorCategory
-from kd_fastai.data import fashion_mnist_dls, image_stats, prepare_images, FMNIST_MEAN, FMNIST_STD
-from kd_fastai.models import zoo_model
-from kd_fastai.experiments import EpochTimer, to_markdown
+from kd_fastai.data.core import fashion_mnist_dls, image_stats, prepare_images, FMNIST_MEAN, FMNIST_STD
+from kd_fastai.models.zoo import zoo_model
+from kd_fastai.experiments.runs import EpochTimer, to_markdown
 
 
 class TensorBatchDL(DataLoader):

@@ -16,10 +16,10 @@ import torch
 import pandas as pd
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
-from kd_fastai.data import fashion_mnist_dls
-from kd_fastai.models import zoo_model, count_parameters
-from kd_fastai.methods import method_callback
-from kd_fastai.experiments import EpochTimer, to_markdown
+from kd_fastai.data.core import fashion_mnist_dls
+from kd_fastai.models.zoo import zoo_model, count_parameters
+from kd_fastai.core.registry import method_callback
+from kd_fastai.experiments.runs import EpochTimer, to_markdown
 
 CACHED = ('kd', 'dkd', 'dist', 'clkd', 'kd+ls', 'sdd')  # SDD: its regional logits (C x N per item), in a folder of its own
 

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from logit_methods import make_data  # the same split as the table
-from kd_fastai.models import zoo_model
-from kd_fastai.pretrained import pretrained_teacher
-from kd_fastai.losses import standardize_logits
-from kd_fastai.mlkd import StrongAugment
-from kd_fastai.experiments import to_markdown
+from kd_fastai.models.zoo import zoo_model
+from kd_fastai.models.pretrained import pretrained_teacher
+from kd_fastai.losses.logit import standardize_logits
+from kd_fastai.logit.mlkd import StrongAugment
+from kd_fastai.experiments.runs import to_markdown
 
 
 def soft_stats(logits, y, T, standardize=False):

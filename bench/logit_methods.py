@@ -9,12 +9,12 @@ logits (SDD: its regional logits) from the teacher-output cache (`--views` pre-d
 once per teacher and reused by every seed); MLKD runs its teacher at every step (random strong views: no cache). Tables
 name, from each row's `cached` column, which runs used the cache (SDD ran live before the cache held regional logits). Teachers are trained once per pair (seed 0, same split,
 same rule) and reused from `--teachers`. Every method uses the authors' defaults of its `kd_fastai` callback
-(`kd_fastai.methods.METHODS`), with DKD's per-pair beta (`DKD_BETAS`) and LS's tau = 3 for vgg13 -> vgg8.
+(`kd_fastai.core.registry.METHODS`), with DKD's per-pair beta (`DKD_BETAS`) and LS's tau = 3 for vgg13 -> vgg8.
 
     python bench/logit_methods.py --pairs vgg13:vgg8 cifar_resnet56:cifar_resnet20 --seeds 3 --epochs 8 --fraction 0.06 --teacher-fraction 0.15 --teacher-epochs 6 --threads 2
     python bench/logit_methods.py --fraction 0.02 --epochs 1 --teacher-epochs 1 --seeds 1 --out /tmp/lm_smoke   # a smoke test
 
-`--shipped-teachers` takes the pairs' teachers from the package (`kd_fastai.pretrained`, trained on all the data), so
+`--shipped-teachers` takes the pairs' teachers from the package (`kd_fastai.models.pretrained`, trained on all the data), so
 runs made on different machines share one teacher; `--resume` then continues an interrupted table from its CSV:
 
     python bench/logit_methods.py --pairs cifar_resnet56:cifar_resnet20 --shipped-teachers --epochs 20 --fraction 0.06 --resume --out results/logit_methods_patient
@@ -33,14 +33,14 @@ from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
-from kd_fastai.data import load_fashion_mnist, stratified_split, TensorImageData, tensor_image_dls, FMNIST_MEAN, FMNIST_STD, FMNIST_CLASSES
-from kd_fastai.takd import BestWeights
-from kd_fastai.rco import RCOCallback
-from kd_fastai.methods import UNCACHED, METHODS as LIBRARY_METHODS, is_feature_method
-from kd_fastai.models import zoo_model, count_parameters
-from kd_fastai.dkd import DKD_BETAS
-from kd_fastai.experiments import mean_std, to_markdown, write_csv
-import kd_fastai.methods  # noqa: F401 (Learner.distill with method=)
+from kd_fastai.data.core import load_fashion_mnist, stratified_split, TensorImageData, tensor_image_dls, FMNIST_MEAN, FMNIST_STD, FMNIST_CLASSES
+from kd_fastai.multistep.takd import BestWeights
+from kd_fastai.multistep.rco import RCOCallback
+from kd_fastai.core.registry import UNCACHED, METHODS as LIBRARY_METHODS, is_feature_method
+from kd_fastai.models.zoo import zoo_model, count_parameters
+from kd_fastai.logit.dkd import DKD_BETAS
+from kd_fastai.experiments.runs import mean_std, to_markdown, write_csv
+import kd_fastai.core.registry  # noqa: F401 (Learner.distill with method=)
 
 class ReleaseFreeMemory(Callback):
     "Hands the heap's free pages back to the system every `every` training batches (glibc's `malloc_trim`)"
@@ -220,8 +220,8 @@ def recipe_callbacks(label, args, dls, tname, sname, teacher, tfile, seed, log):
     equal epochs per anchor or the paper's greedy search (probe: the held-out images); CS-KD: class-wise pairs; Tf-KD
     self: KD (T = 4, alpha = 0.1) from the student trained alone with the same seed (saved by its baseline run); Tf-KD
     virtual: `VirtualTeacherCallback` (the authors' T = 20, alpha = 0.1, a = 0.99)"""
-    from kd_fastai.kd import KDCallback
-    from kd_fastai.selfkd import CSKDCallback, VirtualTeacherCallback
+    from kd_fastai.core.kd import KDCallback
+    from kd_fastai.multistep.selfkd import CSKDCallback, VirtualTeacherCallback
     if label == 'TAKD':
         if not args.assistant: raise ValueError("TAKD needs an assistant: pass --assistant ZOO_NAME (e.g. model_143k_wo_dw).")
         assistant, arec = saved_model(Path(args.teachers)/f'assistant_{args.assistant}_from_{tfile.stem}_{protocol_tag(args)}.pth', args.assistant,
@@ -230,7 +230,7 @@ def recipe_callbacks(label, args, dls, tname, sname, teacher, tfile, seed, log):
     if label in ('RCO', 'RCO greedy'):
         if not args.shipped_teachers: raise ValueError("RCO needs the teacher's training route: run with --shipped-teachers "
                                                        "and a teacher shipped with its route (bench/train_teachers.py --route-every).")
-        from kd_fastai.rco import pretrained_route
+        from kd_fastai.multistep.rco import pretrained_route
         route = pretrained_route(tname, args.shipped_folder)
         return dls, [RCOCallback(route, schedule='greedy' if label == 'RCO greedy' else 'equal', valid_metrics=False)], None
     if label == 'CS-KD': return dls.with_class_pairs(), [CSKDCallback()], None
@@ -253,7 +253,7 @@ def baseline_file(args, sname, seed):
 
 def shipped_teacher(dls, name, log, folder=None):
     "kd_fastai's shipped teacher `name`, its test accuracy measured here (it must match the index)"
-    from kd_fastai.pretrained import pretrained_teacher
+    from kd_fastai.models.pretrained import pretrained_teacher
     model = pretrained_teacher(name, folder)
     info = model.pretrained_info
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy)

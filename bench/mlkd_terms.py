@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from logit_methods import make_data, train  # the same split and training as the table
-from kd_fastai.models import zoo_model
-from kd_fastai.pretrained import pretrained_teacher
-from kd_fastai.losses import mlkd_parts, mlkd_masks
-from kd_fastai.experiments import to_markdown
+from kd_fastai.models.zoo import zoo_model
+from kd_fastai.models.pretrained import pretrained_teacher
+from kd_fastai.losses.logit import mlkd_parts, mlkd_masks
+from kd_fastai.experiments.runs import to_markdown
 
 
 def term_grads(s, t, y, temperatures=(2., 3., 4., 5., 6.)):

@@ -12,8 +12,8 @@ import torch
 from fastai.vision.all import Learner, CrossEntropyLossFlat, accuracy
 sys.path.insert(0, str(Path(__file__).parent))
 from logit_methods import make_data
-from kd_fastai.models import zoo_model
-from kd_fastai.pretrained import half_state
+from kd_fastai.models.zoo import zoo_model
+from kd_fastai.models.pretrained import half_state
 
 
 def main(argv=None):

@@ -12,9 +12,9 @@ initialisation, i.e. `learn.self_distill(..., student='initial')`.
 import argparse, shlex, sys, time
 from pathlib import Path
 import torch
-from kd_fastai.data import fashion_mnist_dls
-from kd_fastai.experiments import run_training, summarize_runs, to_markdown
-from kd_fastai.selfkd import CSKDCallback, VirtualTeacherCallback  # also patches DataLoaders/Learner
+from kd_fastai.data.core import fashion_mnist_dls
+from kd_fastai.experiments.runs import run_training, summarize_runs, to_markdown
+from kd_fastai.multistep.selfkd import CSKDCallback, VirtualTeacherCallback  # also patches DataLoaders/Learner
 
 METHODS = ('baseline', 'CS-KD', 'Tf-KD self', 'Tf-KD virtual')
 

@@ -21,10 +21,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from fastai.data.core import DataLoaders
-from kd_fastai.data import fashion_mnist_dls, TensorImageDL, TensorImageData
-from kd_fastai.models import zoo_model, count_parameters
-from kd_fastai.experiments import run_training, mean_std, to_markdown, write_csv
-from kd_fastai.stagewise import *  # noqa: F401,F403 (patches Learner.fit_stagewise / fit_simultaneous)
+from kd_fastai.data.core import fashion_mnist_dls, TensorImageDL, TensorImageData
+from kd_fastai.models.zoo import zoo_model, count_parameters
+from kd_fastai.experiments.runs import run_training, mean_std, to_markdown, write_csv
+from kd_fastai.multistep.stagewise import *  # noqa: F401,F403 (patches Learner.fit_stagewise / fit_simultaneous)
 
 
 class SampledDL(TensorImageDL):
@@ -49,7 +49,7 @@ def test_accuracy(learn, test_dl):
 
 def get_teacher(args):
     if args.shipped_teacher:
-        from kd_fastai.pretrained import pretrained_teacher
+        from kd_fastai.models.pretrained import pretrained_teacher
         teacher = pretrained_teacher(args.shipped_teacher)
         info = teacher.pretrained_info
         if info['arch'] != 'resnet34' or info.get('arch_kwargs', {}).get('width') != args.width:
@@ -195,7 +195,7 @@ if __name__ == '__main__':
     md = to_markdown(tab)
     cmd = 'python bench/stagewise.py ' + ' '.join(sys.argv[1:])
     if args.shipped_teacher:
-        from kd_fastai.pretrained import pretrained_info
+        from kd_fastai.models.pretrained import pretrained_info
         t_cmd = pretrained_info(args.shipped_teacher)['command']
     text = (f"# Stagewise distillation on Fashion-MNIST (CPU scale)\n\nCommand: `{cmd.strip()}` "
             f"({(time.time()-t0)/60:.1f} min, {args.threads} thread)\n\n"

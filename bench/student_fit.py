@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from logit_methods import make_data
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
-from kd_fastai.models import zoo_model
-from kd_fastai.pretrained import pretrained_teacher
-from kd_fastai.experiments import to_markdown
+from kd_fastai.models.zoo import zoo_model
+from kd_fastai.models.pretrained import pretrained_teacher
+from kd_fastai.experiments.runs import to_markdown
 
 
 def load_weights(name, f):

@@ -16,12 +16,12 @@ import torch
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.metrics import accuracy
-from kd_fastai.data import fashion_mnist_dls, TensorImageData, stratified_split, FMNIST_CLASSES
-from kd_fastai.models import zoo_model, count_parameters
-from kd_fastai.kd import KDCallback
-from kd_fastai.experiments import mean_std, to_markdown
-from kd_fastai.takd import distill_chain, BestWeights, _seed_all, _validate
-from kd_fastai.rco import RouteRecorder, Route, RCOCallback
+from kd_fastai.data.core import fashion_mnist_dls, TensorImageData, stratified_split, FMNIST_CLASSES
+from kd_fastai.models.zoo import zoo_model, count_parameters
+from kd_fastai.core.kd import KDCallback
+from kd_fastai.experiments.runs import mean_std, to_markdown
+from kd_fastai.multistep.takd import distill_chain, BestWeights, _seed_all, _validate
+from kd_fastai.multistep.rco import RouteRecorder, Route, RCOCallback
 
 def parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])

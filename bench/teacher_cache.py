@@ -15,14 +15,14 @@ import torch
 import pandas as pd
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
-from kd_fastai.data import fashion_mnist_dls
-from kd_fastai.models import zoo_model, count_parameters
-from kd_fastai.kd import KDCallback
-from kd_fastai.experiments import EpochTimer, to_markdown
+from kd_fastai.data.core import fashion_mnist_dls
+from kd_fastai.models.zoo import zoo_model, count_parameters
+from kd_fastai.core.kd import KDCallback
+from kd_fastai.experiments.runs import EpochTimer, to_markdown
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark, also when run via runpy
 from kd_epoch import teacher_epoch
-from kd_fastai.cache import TeacherCache, cache_fingerprint
-from kd_fastai.cached_kd import CachedKDCallback
+from kd_fastai.cache.store import TeacherCache, cache_fingerprint
+from kd_fastai.cache.kd import CachedKDCallback
 
 TEACHER_KW = dict(width=32, stem_stride=1)
 

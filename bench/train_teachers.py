@@ -1,10 +1,10 @@
-"""Train the teachers that ship inside kd_fastai (`kd_fastai.pretrained.pretrained_teacher`) on all of Fashion-MNIST.
+"""Train the teachers that ship inside kd_fastai (`kd_fastai.models.pretrained.pretrained_teacher`) on all of Fashion-MNIST.
 
 Each teacher trains on all 60,000 training images (fastai one-cycle, Adam, random crop + flip) and keeps the weights
 of its last epoch: nothing is picked, the 10,000 test images are measured once at the end. The fp16 weights go to
 `kd_fastai/weights/NAME.pth` with an entry in `kd_fastai/weights/pretrained.json` (architecture, test accuracy,
 epochs, this command, SHA-256 fingerprint). With `--route-every K` the teacher's training route (its weights after
-every K-th epoch, `RouteRecorder`) ships too, for RCO (`kd_fastai.rco.pretrained_route`).
+every K-th epoch, `RouteRecorder`) ships too, for RCO (`kd_fastai.multistep.rco.pretrained_route`).
 
     python bench/train_teachers.py model_143k_wo_dw --epochs 12 --threads 2
     python bench/train_teachers.py model_340k_wo_dw --epochs 12 --route-every 2 --threads 1
@@ -14,9 +14,9 @@ every K-th epoch, `RouteRecorder`) ships too, for RCO (`kd_fastai.rco.pretrained
 import argparse, json, shlex, shutil, sys, tempfile, time
 from pathlib import Path
 import torch
-from kd_fastai.data import fashion_mnist_dls
-from kd_fastai.pretrained import train_pretrained, save_pretrained, WEIGHTS_DIR
-from kd_fastai.rco import RouteRecorder, ship_route
+from kd_fastai.data.core import fashion_mnist_dls
+from kd_fastai.models.pretrained import train_pretrained, save_pretrained, WEIGHTS_DIR
+from kd_fastai.multistep.rco import RouteRecorder, ship_route
 
 
 def main(argv=None):

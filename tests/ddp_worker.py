@@ -1,4 +1,4 @@
-"""Run in 2 processes by tests/test_ddp.py and nbs/17_distributed.ipynb:
+"""Run in 2 processes by tests/test_ddp.py and nbs/70_distributed.ipynb:
 `torchrun --nproc_per_node 2 tests/ddp_worker.py OUT`. Each scenario trains tiny models with kd_fastai callbacks under
 fastai's own `learn.distrib_ctx` (accelerate, gloo on CPU); rank 0 saves what every rank saw to OUT/results.pt."""
 import sys
@@ -9,19 +9,19 @@ import torch.distributed as dist
 from fastai.learner import Learner
 from fastai.optimizer import SGD
 from fastai.callback.core import Callback
-from kd_fastai.data import synthetic_dls
-from kd_fastai.kd import KDCallback, kd_metrics
-from kd_fastai.cached_kd import CachedKDCallback
-from kd_fastai.features import FeatureDistillCallback
-from kd_fastai.ddp import rank, world_size, unwrap_model
-from kd_fastai.main import distill_experiment
-from kd_fastai.methods import distill  # noqa: F401 (patches Learner.distill with method=)
-from kd_fastai.selfkd import CSKDCallback, VirtualTeacherCallback
-from kd_fastai.rco import RouteRecorder, RCOCallback
-from kd_fastai.takd import distill_chain
-from kd_fastai.stagewise import fit_stagewise  # noqa: F401
-from kd_fastai.features import fit_hint  # noqa: F401
-from kd_fastai.crd import CRDCallback
+from kd_fastai.data.core import synthetic_dls
+from kd_fastai.core.kd import KDCallback, kd_metrics
+from kd_fastai.cache.kd import CachedKDCallback
+from kd_fastai.feature.base import FeatureDistillCallback
+from kd_fastai.core.ddp import rank, world_size, unwrap_model
+from kd_fastai.experiments.main import distill_experiment
+from kd_fastai.core.registry import distill  # noqa: F401 (patches Learner.distill with method=)
+from kd_fastai.multistep.selfkd import CSKDCallback, VirtualTeacherCallback
+from kd_fastai.multistep.rco import RouteRecorder, RCOCallback
+from kd_fastai.multistep.takd import distill_chain
+from kd_fastai.multistep.stagewise import fit_stagewise  # noqa: F401
+from kd_fastai.feature.base import fit_hint  # noqa: F401
+from kd_fastai.feature.crd import CRDCallback
 from accelerate import DistributedDataParallelKwargs
 
 torch.set_num_threads(1)

@@ -1,5 +1,5 @@
-"""Runtime checks of kd_fastai.cache / kd_fastai.cached_kd under the newest fastai/fastcore (the notebooks
-nbs/14_cache.ipynb and nbs/15_cached_kd.ipynb hold the full tests)."""
+"""Runtime checks of kd_fastai.cache.store / kd_fastai.cache.kd under the newest fastai/fastcore (the notebooks
+nbs/20_cache.store.ipynb and nbs/22_cache.kd.ipynb hold the full tests)."""
 import random, warnings
 from pathlib import Path
 import numpy as np
@@ -14,12 +14,12 @@ from fastai.metrics import accuracy
 from fastai.vision.all import (DataBlock, ImageBlock, PILImageBW, CategoryBlock, get_image_files, parent_label,
                                RandomSplitter, Resize, ResizeMethod, Normalize, aug_transforms, vision_learner)
 from torchvision.models import resnet18
-from kd_fastai.data import synthetic_dls
-from kd_fastai.kd import KDCallback
-from kd_fastai.teacher import FrozenTeacher
-from kd_fastai.cache import TeacherCache, cache_nbytes, data_fingerprint, transform_fingerprint, input_signature
-from kd_fastai.cached_kd import CachedKDCallback, indexed_dls
-from kd_fastai.views import random_reasons
+from kd_fastai.data.core import synthetic_dls
+from kd_fastai.core.kd import KDCallback
+from kd_fastai.core.teacher import FrozenTeacher
+from kd_fastai.cache.store import TeacherCache, cache_nbytes, data_fingerprint, transform_fingerprint, input_signature
+from kd_fastai.cache.kd import CachedKDCallback, indexed_dls
+from kd_fastai.cache.views import random_reasons
 from kd_fastai.test_utils import small_net
 
 

@@ -11,8 +11,8 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.callback.core import Callback, CancelFitException
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
-from kd_fastai.kd import KDCallback
-from kd_fastai.losses import soft_target_loss
+from kd_fastai.core.kd import KDCallback
+from kd_fastai.losses.logit import soft_target_loss
 
 pytest.importorskip('accelerate')  # fastai's distrib_ctx needs it (a dev requirement)
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,8 +1,9 @@
-"""kd_fastai.leaderboard and bench/leaderboard.py under the newest fastai/pandas; the notebook holds the full tests."""
+"""bench/results_tables.py and bench/leaderboard.py under the newest fastai/pandas; the notebook holds the full tests."""
 import runpy, sys
 from pathlib import Path
 import pandas as pd
-from kd_fastai.leaderboard import leaderboard
+sys.path.insert(0, str(Path(__file__).parents[1]/'bench'))
+from results_tables import leaderboard  # noqa: E402
 
 
 def test_bench_writes_md_csv_png(tmp_path, monkeypatch):

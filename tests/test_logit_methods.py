@@ -6,7 +6,7 @@ from torch import nn
 from fastai.vision.all import get_image_files, Normalize, Learner, load_learner, accuracy
 from kd_fastai.all import *
 from fastai.callback.core import Callback
-from kd_fastai.methods import method_callback
+from kd_fastai.core.registry import method_callback
 from kd_fastai.test_utils import small_net, write_png_folder, folder_dls
 
 

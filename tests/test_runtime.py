@@ -87,7 +87,7 @@ def test_forked_runs_do_not_hang_after_threaded_work(tmp_path):
     import subprocess, sys
     script = tmp_path/'fork.py'
     script.write_text(
-        "import torch\nfrom kd_fastai.experiments import run_in_processes\ntorch.set_num_threads(2)\n"
+        "import torch\nfrom kd_fastai.experiments.runs import run_in_processes\ntorch.set_num_threads(2)\n"
         "a = torch.randn(256, 256)\nfor _ in range(10): a @ a\n"
         "def task():\n    b = torch.randn(256, 256)\n    for _ in range(10): b @ b\n    return torch.get_num_threads()\n"
         "print(run_in_processes([task] * 3, jobs=2))\n")

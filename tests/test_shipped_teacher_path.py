@@ -4,9 +4,9 @@ from pathlib import Path
 import torch
 from fastai.learner import load_learner
 from fastai.vision.all import Learner, CrossEntropyLossFlat, accuracy, get_image_files
-import kd_fastai.methods  # noqa: F401 (Learner.distill)
-from kd_fastai.models import zoo_model, count_parameters
-from kd_fastai.pretrained import pretrained_teacher
+import kd_fastai.core.registry  # noqa: F401 (Learner.distill)
+from kd_fastai.models.zoo import zoo_model, count_parameters
+from kd_fastai.models.pretrained import pretrained_teacher
 from kd_fastai.test_utils import write_png_folder, folder_dls
 
 

@@ -1,4 +1,4 @@
-"""Runtime checks of kd_fastai.features / kd_fastai.stagewise under the installed (newest) fastai: a fastai DataBlock over
+"""Runtime checks of kd_fastai.feature.base / kd_fastai.multistep.stagewise under the installed (newest) fastai: a fastai DataBlock over
 PNG files, vision_learner ResNets as student and teacher, zoo models and plain nn.Sequential; everything a fit changes
 is handed back (normal end, CancelFitException, an exception mid-epoch; callback attached or per-fit)."""
 from collections import OrderedDict
@@ -17,10 +17,10 @@ from fastai.vision.core import PILImage
 from fastai.vision.data import ImageBlock
 from fastai.vision.augment import Resize
 from fastai.vision.learner import vision_learner
-from kd_fastai.data import synthetic_dls
-from kd_fastai.models import zoo_model
-from kd_fastai.features import FeatureDistillCallback, StopAt, find_module, feature_pairs
-from kd_fastai.stagewise import StagewiseDistiller, TrainOnly
+from kd_fastai.data.core import synthetic_dls
+from kd_fastai.models.zoo import zoo_model
+from kd_fastai.feature.base import FeatureDistillCallback, StopAt, find_module, feature_pairs
+from kd_fastai.multistep.stagewise import StagewiseDistiller, TrainOnly
 
 
 # ---------- helpers

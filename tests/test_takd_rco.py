@@ -1,4 +1,4 @@
-"""Runtime checks of kd_fastai.takd and kd_fastai.rco under the installed (newest) fastai: tiny synthetic fits."""
+"""Runtime checks of kd_fastai.multistep.takd and kd_fastai.multistep.rco under the installed (newest) fastai: tiny synthetic fits."""
 import json
 import torch
 from torch import nn
@@ -6,9 +6,10 @@ import pytest
 from fastai.learner import Learner
 from fastai.metrics import accuracy
 from fastai.callback.core import Callback, CancelFitException
-from kd_fastai.data import synthetic_dls
-from kd_fastai.takd import distill_chain
-from kd_fastai.rco import RouteRecorder, Route, RCOCallback, equal_schedule, load_anchor
+from kd_fastai.data.core import synthetic_dls
+import math
+from kd_fastai.multistep.takd import distill_chain, kldiv_mean_loss
+from kd_fastai.multistep.rco import RouteRecorder, Route, RCOCallback, equal_schedule, load_anchor
 from kd_fastai.test_utils import small_net
 
 
@@ -157,7 +158,7 @@ def test_rco_inert_in_inference(dls, route, tmp_path, schedule):
 
 
 def test_rco_distils_from_the_current_anchor(dls, route):
-    from kd_fastai.losses import kd_loss
+    from kd_fastai.losses.logit import kd_loss
     class Cap(Callback):
         order = RCOCallback.order + 1
         def after_loss(self):
@@ -169,3 +170,27 @@ def test_rco_distils_from_the_current_anchor(dls, route):
     t = small_net(width=16); t.load_state_dict(load_anchor(route.files[a])); t.eval()
     with torch.no_grad(): expected = kd_loss(pred, t(x), y, T=3., alpha=0.7)
     assert torch.allclose(lg, expected, atol=1e-5)  # the KD loss against the anchor, not the plain task loss
+
+
+def test_takd_kd_term_is_the_official_elementwise_mean(dls, capsys):
+    "nn.KLDivLoss()'s default: T^2 * KL / (B*C); the chain uses it by default"
+    sm = lambda z, T: [math.exp(v / T) / sum(math.exp(u / T) for u in z) for v in z]
+    p, q = sm([math.log(3), 0., 1.], 2.), sm([0., 0., 0.], 2.)
+    by_hand = 4 * sum(a * math.log(a / b) for a, b in zip(p, q)) / 3
+    assert kldiv_mean_loss(torch.zeros(1, 3), torch.tensor([[math.log(3), 0., 1.]]), T=2.).item() == pytest.approx(by_hand, abs=1e-6)
+    import inspect
+    sig = inspect.signature(distill_chain).parameters
+    assert (sig['T'].default, sig['alpha'].default, sig['reduction'].default) == (4.0, 0.9, 'mean')
+    class Spy(Callback):
+        order = 55
+        def after_loss(self):
+            if self.training and not hasattr(self, 'got'):
+                kd = next(c for c in self.learn.cbs if hasattr(c, 'teacher'))
+                self.got = (self.pred.detach(), kd.teacher_out, self.yb[0], self.learn.loss_grad.item())
+    spy = Spy()
+    distill_chain([small_net(width=8), small_net(width=4)], dls, epochs=1, cbs=[spy])
+    pred, t, y, loss = spy.got
+    expected = 0.1 * torch.nn.functional.cross_entropy(pred, y) + 0.9 * kldiv_mean_loss(pred, t, T=4.)
+    assert loss == pytest.approx(expected.item(), abs=1e-5)
+    assert 'KD term mean' in capsys.readouterr().out
+    with pytest.raises(ValueError, match="'batchmean'"): distill_chain([small_net(width=8), small_net(width=4)], dls, reduction='sum')

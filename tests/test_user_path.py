@@ -10,11 +10,11 @@ from fastai.vision.augment import aug_transforms
 from fastai.learner import Learner, load_learner
 from fastai.metrics import accuracy
 from fastai.callback.core import Callback, CancelFitException
-from kd_fastai.restore import _PENDING
-from kd_fastai.kd import KDCallback
-from kd_fastai.rco import RouteRecorder, Route, RCOCallback
-from kd_fastai.takd import BestWeights, distill_chain
-from kd_fastai.selfkd import CSKDCallback, VirtualTeacherCallback, is_class_pair_dl
+from kd_fastai.core.fitscope import _PENDING
+from kd_fastai.core.kd import KDCallback
+from kd_fastai.multistep.rco import RouteRecorder, Route, RCOCallback
+from kd_fastai.multistep.takd import BestWeights, distill_chain
+from kd_fastai.multistep.selfkd import CSKDCallback, VirtualTeacherCallback, is_class_pair_dl
 from kd_fastai.test_utils import small_net, write_png_folder, folder_dls
 
 
