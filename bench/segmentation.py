@@ -1,14 +1,16 @@
-"""Segmentation demonstration (issue 41): knowledge distillation of a fastai `unet_learner` teacher into a small U-Net on
-a segmentation task made from Fashion-MNIST, student alone vs KD vs CWD over seeds, and the cost of the dense teacher cache.
+"""Segmentation demonstration (issue 41): knowledge distillation of a fastai `unet_learner` teacher into a small
+U-Net on a segmentation task made from Fashion-MNIST, student alone vs KD vs CWD over seeds, and the cost of the dense
+teacher cache.
 
-    python bench/segmentation.py --threads 1
+    python bench/segmentation.py --threads 1 --cache-cost
 
-The task: every pixel of a Fashion-MNIST image brighter than `--threshold` (of 255) is labelled with the garment's class
-(1..10), every other pixel is background (0): 11 classes. Images are zero-padded from 28x28 to 32x32 (fastai's `CropPad`,
-the padding is background). A stratified subset of the training set is split into a training part and a held-out part
-(which picks each run's best epoch by mean IoU); the reported numbers are on a stratified subset of the official test set.
-The teacher is trained once (seed 0) and reused by every student run; its weights go to `--runs` (git-ignored).
-`--resume` keeps the rows of the output CSV made with the same protocol and runs only the missing ones."""
+The task: every pixel of a Fashion-MNIST image brighter than `--threshold` (of 255) is labelled with the garment's
+class (1..10), every other pixel is background (0): 11 classes. Images are zero-padded from 28x28 to 32x32 (fastai's
+`CropPad`, the padding is background). A stratified subset of the training set is split into a training part and a
+held-out part (which picks each run's best epoch by mean IoU); the reported numbers are on a stratified subset of the
+official test set. The teacher is trained once (seed 0) and reused by every student run; its weights go to `--runs`
+(git-ignored). `--resume` keeps the rows of the output CSV made with the same protocol and runs only the missing
+ones."""
 import argparse, contextlib, hashlib, io, json, os, platform, shlex, sys, time
 from functools import partial
 from pathlib import Path
@@ -47,7 +49,7 @@ def class_balance(masks:torch.Tensor, size:int|None=None)->np.ndarray:
     if size: n[0] += len(masks) * (size * size - masks.shape[1] * masks.shape[2])
     return (n / n.sum()).numpy()
 
-def seg_data(n_train:int=4000, # images drawn (stratified) from the training set; a `holdout` fraction of them picks epochs
+def seg_data(n_train:int=4000, # images drawn (stratified) from the training set, the held-out ones included
              n_test:int=2000, # images drawn (stratified) from the official test set, for the reported numbers
              holdout:float=0.1, # fraction of the `n_train` images held out to choose the best epoch
              threshold:int=10, # a pixel brighter than this (0..255) belongs to the garment
@@ -67,8 +69,9 @@ def seg_dls(data:dict, bs:int=64, size:int=32, device=None):
     "fastai `DataLoaders` (a `DataBlock` of `PILImageBW` and `MaskBlock`) of `data`'s training and held-out images"
     x, m = data['images'].numpy(), data['masks'].numpy()
     n = len(data['train_idx']) + len(data['valid_idx'])
-    block = DataBlock(blocks=(ImageBlock(cls=PILImageBW), MaskBlock(list(CODES))), get_x=lambda i: x[i], get_y=lambda i: m[i],
-                      splitter=IndexSplitter(data['valid_idx'].tolist()), item_tfms=CropPad(size),
+    block = DataBlock(blocks=(ImageBlock(cls=PILImageBW), MaskBlock(list(CODES))),
+                      get_x=lambda i: x[i], get_y=lambda i: m[i], splitter=IndexSplitter(data['valid_idx'].tolist()),
+                      item_tfms=CropPad(size),  # zero padding: background in the mask
                       batch_tfms=Normalize.from_stats(FMNIST_MEAN, FMNIST_STD, cuda=False))
     return block.dataloaders(list(range(n)), bs=bs, num_workers=0, device=device)
 
@@ -100,8 +103,8 @@ def count_params(m:nn.Module)->int: return sum(p.numel() for p in m.parameters()
 
 def seg_learner(dls, arch, path=None)->Learner:
     "A fastai `unet_learner` from scratch: 1 input channel, 11 outputs, pixel cross-entropy, pixel accuracy and mIoU"
-    return unet_learner(dls, arch, pretrained=False, n_in=1, n_out=len(CODES), loss_func=CrossEntropyLossFlat(axis=1),
-                        metrics=seg_metrics(), path=path or '.', model_dir='.')
+    return unet_learner(dls, arch, pretrained=False, n_in=1, n_out=len(CODES),
+                        loss_func=CrossEntropyLossFlat(axis=1), metrics=seg_metrics(), path=path or '.', model_dir='.')
 
 
 # --- runs -----------------------------------------------------------------------------------------------------------
@@ -114,7 +117,7 @@ class PhaseTimer(Callback):
         self.wall.append(time.perf_counter() - self._t[0]); self.cpu_times.append(time.process_time() - self._t[1])
 
 def fit_best(learn:Learner, epochs:int, lr:float, fname:str, method:str='alone', teacher=None, **kwargs)->dict:
-    "Train `learn` (alone or distilling `teacher` with `method`), keep the epoch with the best held-out mIoU, return its record"
+    "Train `learn` (alone, or distilling `teacher` with `method`), keep its best held-out mIoU epoch, return the record"
     timer, save = PhaseTimer(), SaveModelCallback(monitor=MIOU, comp=np.greater, fname=fname, with_opt=False)
     t0 = time.perf_counter()
     with learn.no_bar(), learn.no_logging(), contextlib.redirect_stdout(io.StringIO()):  # SaveModelCallback prints
@@ -123,8 +126,10 @@ def fit_best(learn:Learner, epochs:int, lr:float, fname:str, method:str='alone',
     names = list(learn.recorder.metric_names[1:-1])
     hist = pd.DataFrame([list(v) for v in learn.recorder.values], columns=names[:len(learn.recorder.values[0])])
     best = int(hist[MIOU].astype(float).idxmax())
-    return dict(best_epoch=best + 1, valid_miou=float(hist[MIOU][best]), run_seconds=time.perf_counter() - t0,
-                sec_per_epoch=float(np.mean(timer.wall)), cpu_sec_per_epoch=float(np.mean(timer.cpu_times)))
+    agree = float(hist['teacher_agreement'][best]) if 'teacher_agreement' in hist else float('nan')  # per pixel
+    return dict(best_epoch=best + 1, valid_miou=float(hist[MIOU][best]), valid_teacher_agreement=agree,
+                run_seconds=time.perf_counter() - t0, sec_per_epoch=float(np.mean(timer.wall)),
+                cpu_sec_per_epoch=float(np.mean(timer.cpu_times)))
 
 def evaluate(learn:Learner, dl)->dict:
     "Pixel accuracy and mean IoU of `learn.model` on `dl`"
@@ -165,28 +170,32 @@ def run_student(method:str, seed:int, data, teacher, args, folder:Path)->dict:
     dls = seg_dls(data, args.bs, args.size)  # a fresh loader: its shuffling draws from the seeded generators
     learn = seg_learner(dls, partial(small_encoder, widths=tuple(args.student_widths)), folder)
     kw = dict(T=args.T, alpha=args.alpha) if method == 'kd' else {}
+    fname = f"student_{args.protocol}_{method}_s{seed}"
     rec = dict(method=method, seed=seed, params=count_params(learn.model), epochs=args.epochs,
-               **fit_best(learn, args.epochs, args.lr, f"student_{args.protocol}_{method}_s{seed}", method, teacher, **kw))
+               **fit_best(learn, args.epochs, args.lr, fname, method, teacher, **kw))
     rec.update(evaluate(learn, test_loader(dls, data)))
     return rec
 
 
 # --- tables ---------------------------------------------------------------------------------------------------------
 def summary(df:pd.DataFrame)->pd.DataFrame:
-    "One row per method: test mIoU and pixel accuracy (mean ± std over seeds), paired gain over the student alone, timing"
+    "Per method: test mIoU and pixel accuracy (mean ± std over seeds), paired gain over the student alone, times"
     alone = df[df.method == 'alone'].set_index('seed')
     rows = []
     for method in [m for m in ('teacher',) + METHODS if m in set(df.method)]:
         g = df[df.method == method].sort_values('seed')
-        row = {'model': 'teacher' if method == 'teacher' else 'student', 'method': method, 'seeds': ' '.join(map(str, g.seed)),
-               'params': int(g.params.iloc[0]), 'test mIoU (%)': mean_std(g.test_miou),
+        row = {'model': 'teacher' if method == 'teacher' else 'student', 'method': method,
+               'seeds': ' '.join(map(str, g.seed)), 'params': int(g.params.iloc[0]),
+               'test mIoU (%)': mean_std(g.test_miou),
                'test pixel acc (%)': mean_std(g.test_pixel_acc), 'gain in mIoU (pts)': ''}
         paired = [s for s in g.seed if s in alone.index]
         if method not in ('teacher', 'alone') and paired:
             gains = g.set_index('seed').test_miou[paired] - alone.test_miou[paired]
             row['gain in mIoU (pts)'] = mean_std(gains) + f" ({(gains > 0).sum()}/{len(gains)} seeds up)"
-        row.update({'best epoch': ' '.join(str(int(e)) for e in g.best_epoch), 'sec/epoch': round(g.sec_per_epoch.mean(), 2),
-                    'CPU sec/epoch': round(g.cpu_sec_per_epoch.mean(), 2), 'sec/run': round(g.run_seconds.mean(), 1)})
+        row.update({'best epoch': ' '.join(str(int(e)) for e in g.best_epoch),
+                    'sec/epoch': round(g.sec_per_epoch.mean(), 2),
+                    'CPU sec/epoch': round(g.cpu_sec_per_epoch.mean(), 2),
+                    'sec/run': round(g.run_seconds.mean(), 1)})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -196,26 +205,30 @@ def write_outputs(df:pd.DataFrame, data, args, cache_lines=(), notes=()):
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(df, out.with_suffix('.csv'))
     bal = class_balance(data['masks'][torch.cat([data['train_idx'], data['valid_idx']])], args.size)
+    widths = ', '.join(str(args.teacher_width * k) for k in (1, 2, 4, 8))
     lines = [f"# Segmentation on Fashion-MNIST: {args.title}", '', f"Command: `{args.command}`", '',
-             f"Task: each 28x28 Fashion-MNIST image zero-padded to {args.size}x{args.size}; pixels > {args.threshold}/255 take "
-             f"the garment's class (1..10), the rest is background (0): {len(CODES)} classes. "
-             f"{len(data['train_idx'])} training images and {len(data['valid_idx'])} held out (stratified, from the training set; "
-             f"the held-out mIoU picks each run's best epoch), {len(data['test_idx'])} test images (stratified, official test "
-             "set) for the numbers below. mIoU is fastai's `JaccardCoeffMulti` (mean IoU over the 11 classes, background "
-             "included); pixel accuracy over all pixels.", '',
-             f"Teacher: `unet_learner(dls, resnet_encoder, pretrained=False, n_in=1, n_out=11)` with a ResNet-18 layout "
-             f"(2,2,2,2 basic blocks, width {args.teacher_width}: stages {', '.join(str(args.teacher_width*k) for k in (1,2,4,8))}, "
-             f"from `kd_fastai.models.zoo.resnet`), {args.teacher_epochs} epochs, one-cycle lr {args.teacher_lr}, seed 0. "
-             f"Student: `unet_learner` on a small encoder of conv blocks (widths {', '.join(map(str, args.student_widths))}). "
-             f"Every student run: {args.epochs} epochs of `fit_one_cycle`, lr {args.lr}, batch {args.bs}, Adam (fastai's "
-             f"defaults), no augmentation. KD: `learn.distill(teacher, ..., T={args.T}, alpha={args.alpha})` (per-pixel "
-             "soft targets); CWD: `learn.distill(teacher, ..., method='cwd')` with its defaults (Shu et al., ICCV 2021). "
-             "Gains are paired by seed (same initialisation and data order).", '',
-             f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other work, torch {torch.__version__}, "
-             f"{args.threads} thread(s), one process. 'sec/epoch' is the wall-clock training phase (validation excluded), "
-             "'CPU sec/epoch' the process CPU time of it (less sensitive to the other work on the machine), 'sec/run' the "
-             "whole fit with validations.", '',
-             f'Class balance of the training pixels of the {args.size}x{args.size} masks (%): ' + ', '.join(f"{c} {100*f:.1f}" for c, f in zip(CODES, bal)), '',
+             f"Task: each 28x28 Fashion-MNIST image zero-padded to {args.size}x{args.size}; pixels > "
+             f"{args.threshold}/255 take the garment's class (1..10), the rest is background (0): "
+             f"{len(CODES)} classes. {len(data['train_idx'])} training images and {len(data['valid_idx'])} held out "
+             "(stratified, from the training set; the held-out mIoU picks each run's best epoch), "
+             f"{len(data['test_idx'])} test images (stratified, official test set) for the numbers below. mIoU is "
+             "fastai's `JaccardCoeffMulti` (mean IoU over the 11 classes, background included); pixel accuracy over "
+             "all pixels.", '',
+             "Teacher: `unet_learner(dls, resnet_encoder, pretrained=False, n_in=1, n_out=11)` with a ResNet-18 "
+             f"layout (2,2,2,2 basic blocks, stem stride 2, width {args.teacher_width}: stages {widths}; "
+             f"`kd_fastai.models.zoo.resnet`), {args.teacher_epochs} epochs, one-cycle lr {args.teacher_lr}, seed 0. "
+             "Student: `unet_learner` on a small encoder of conv blocks (widths "
+             f"{', '.join(map(str, args.student_widths))}). Every student run: {args.epochs} epochs of "
+             f"`fit_one_cycle`, lr {args.lr}, batch {args.bs}, Adam (fastai's defaults), no augmentation. KD: "
+             f"`learn.distill(teacher, ..., T={args.T}, alpha={args.alpha})` (per-pixel soft targets); CWD: "
+             "`learn.distill(teacher, ..., method='cwd')` with its defaults (Shu et al., ICCV 2021). Gains are "
+             "paired by seed (same initialisation and data order).", '',
+             f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other work, torch "
+             f"{torch.__version__}, {args.threads} thread(s), one process. 'sec/epoch' is the wall-clock training "
+             "phase (validation excluded), 'CPU sec/epoch' the process CPU time of it (less sensitive to the other "
+             "work on the machine), 'sec/run' the whole fit with validations.", '',
+             f"Class balance of the training pixels of the {args.size}x{args.size} masks (%): "
+             + ', '.join(f"{c} {100*f:.1f}" for c, f in zip(CODES, bal)), '',
              to_markdown(summary(df)), '']
     lines += list(notes) + ([''] if notes else [])
     if cache_lines: lines += ['## Dense teacher cache', ''] + list(cache_lines) + ['']
@@ -230,13 +243,18 @@ TEACHER_PROTOCOL = PROTOCOL[:9]  # what the teacher depends on (its checkpoint's
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--n-train', '--n_train', type=int, default=4000, help='training images drawn (stratified), held-out part included')
-    p.add_argument('--n-test', '--n_test', type=int, default=2000, help='test images drawn (stratified) from the official test set')
-    p.add_argument('--holdout', type=float, default=0.1, help='fraction of the training images held out to pick the best epoch')
-    p.add_argument('--threshold', type=int, default=10, help='a pixel brighter than this (0..255) is garment, else background')
+    p.add_argument('--n-train', '--n_train', type=int, default=4000,
+                   help='training images drawn (stratified), held-out part included')
+    p.add_argument('--n-test', '--n_test', type=int, default=2000,
+                   help='test images drawn (stratified) from the official test set')
+    p.add_argument('--holdout', type=float, default=0.1,
+                   help='fraction of the training images held out to pick the best epoch')
+    p.add_argument('--threshold', type=int, default=10,
+                   help='a pixel brighter than this (0..255) is garment, else background')
     p.add_argument('--size', type=int, default=32, help='images are zero-padded to size x size')
     p.add_argument('--bs', type=int, default=64)
-    p.add_argument('--teacher-width', '--teacher_width', type=int, default=16, help="width of the teacher's ResNet-18 layout")
+    p.add_argument('--teacher-width', '--teacher_width', type=int, default=16,
+                   help="width of the teacher's ResNet-18 layout")
     p.add_argument('--teacher-epochs', '--teacher_epochs', type=int, default=10)
     p.add_argument('--teacher-lr', '--teacher_lr', type=float, default=3e-3)
     p.add_argument('--student-widths', '--student_widths', type=int, nargs='+', default=[8, 16, 32])
@@ -246,15 +264,19 @@ def parse(argv=None):
     p.add_argument('--alpha', type=float, default=0.9, help='KD weight (1-alpha weights the cross-entropy)')
     p.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    p.add_argument('--cache-cost', '--cache_cost', action='store_true', help='measure the dense teacher cache (bytes, fill time)')
+    p.add_argument('--cache-cost', '--cache_cost', action='store_true',
+                   help='measure the dense teacher cache (bytes, fill time)')
     p.add_argument('--topk', type=int, default=3, help='k of the top-k dense cache measured with --cache-cost')
     p.add_argument('--threads', type=int, default=1, help='torch threads (0: leave torch\'s default)')
-    p.add_argument('--resume', action='store_true', help='keep the rows of OUT.csv of the same protocol, run only the missing ones')
-    p.add_argument('--runs', default='kd_runs/segmentation', help='folder of the teacher and student checkpoints (git-ignored)')
+    p.add_argument('--resume', action='store_true',
+                   help='keep the rows of OUT.csv of the same protocol, run only the missing ones')
+    p.add_argument('--runs', default='kd_runs/segmentation',
+                   help='folder of the teacher and student checkpoints (git-ignored)')
     p.add_argument('--out', default='results/segmentation', help='OUT.csv and OUT.md are written')
     p.add_argument('--title', default='student alone vs KD vs CWD')
     args = p.parse_args(argv)
-    args.command = 'python bench/segmentation.py ' + ' '.join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    given = sys.argv[1:] if argv is None else argv
+    args.command = 'python bench/segmentation.py ' + ' '.join(shlex.quote(a) for a in given)
     proto = {k: getattr(args, k) for k in PROTOCOL}
     tag = lambda d: hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
     args.protocol, args.teacher_tag = tag(proto), tag({k: proto[k] for k in TEACHER_PROTOCOL})
@@ -266,8 +288,9 @@ def main(argv=None):
     need = {m for m in args.methods if m != 'alone'}
     support = dense_support()
     missing = [m for m in sorted(need) if not support[m]]
-    if missing: raise RuntimeError(f"kd_fastai cannot run {missing} on dense logits yet (per-pixel KD: {support['kd']}, "
-                                   f"CWD registered: {support['cwd']}); run --methods alone, or update kd_fastai.")
+    if missing: raise RuntimeError(f"kd_fastai cannot run {missing} on dense logits yet (per-pixel KD: "
+                                   f"{support['kd']}, CWD registered: {support['cwd']}); run --methods alone, or "
+                                   "update kd_fastai.")
     folder = Path(args.runs); folder.mkdir(parents=True, exist_ok=True)
     out_csv = Path(args.out).with_suffix('.csv')
     old = pd.read_csv(out_csv) if args.resume and out_csv.is_file() else pd.DataFrame()
@@ -275,7 +298,8 @@ def main(argv=None):
     done = set(zip(old.method, old.seed)) if len(old) else set()
     data = seg_data(args.n_train, args.n_test, args.holdout, args.threshold)
     teacher, trec = train_teacher(data, args, folder)
-    print(f"teacher: {trec['params']:,} params, test mIoU {trec['test_miou']:.4f}, pixel acc {trec['test_pixel_acc']:.4f}", flush=True)
+    print(f"teacher: {trec['params']:,} params, test mIoU {trec['test_miou']:.4f}, "
+          f"pixel acc {trec['test_pixel_acc']:.4f}", flush=True)
     recs = [r for r in old.to_dict('records') if r['method'] != 'teacher']
     for seed in args.seeds:
         for method in args.methods:
@@ -283,16 +307,71 @@ def main(argv=None):
             rec = run_student(method, seed, data, teacher.model, args, folder)
             recs.append(dict(rec, protocol=args.protocol, command=args.command))
             print(f"{method} seed {seed}: test mIoU {rec['test_miou']:.4f}, pixel acc {rec['test_pixel_acc']:.4f}, "
-                  f"best epoch {rec['best_epoch']}, {rec['sec_per_epoch']:.1f} s/epoch ({rec['cpu_sec_per_epoch']:.1f} CPU)", flush=True)
+                  f"best epoch {rec['best_epoch']}, {rec['sec_per_epoch']:.1f} s/epoch "
+                  f"({rec['cpu_sec_per_epoch']:.1f} CPU)", flush=True)
             df = pd.DataFrame([dict(trec, protocol=args.protocol, command=args.command)] + recs)
             write_outputs(df, data, args)
     df = pd.DataFrame([dict(trec, protocol=args.protocol, command=args.command)] + recs)
-    cache_lines = cache_cost(teacher, data, args) if args.cache_cost else ()
+    cache_lines = cache_cost(teacher, data, args, df) if args.cache_cost else ()
     write_outputs(df, data, args, cache_lines)
     return df
 
-def cache_cost(teacher, data, args):
-    "Lines on the dense teacher cache: bytes per item and fill time (fp16 and top-k) against one teacher forward pass"
-    return ["(not measured yet)"]
+def _timed(f):
+    "Result, wall-clock and process CPU seconds of `f()`"
+    t, c = time.perf_counter(), time.process_time()
+    res = f()
+    return res, time.perf_counter() - t, time.process_time() - c
+
+def cache_cost(teacher:Learner, data, args, df:pd.DataFrame|None=None)->list:
+    "Lines on the dense teacher cache: bytes per item and fill time (fp16, top-k) against one teacher forward pass"
+    from kd_fastai.cache.store import TeacherCache
+    dls = seg_dls(data, args.bs, args.size)
+    dl = dls.train.new(shuffle=False, drop_last=False)  # every training item once, in order: item i has key i
+    n, model = len(dl.dataset), teacher.model.eval()
+    def forward():
+        with torch.inference_mode(): return [model(xb).float().as_subclass(torch.Tensor) for xb, _ in dl]
+    outs, fwd, fwd_cpu = _timed(forward)
+    full = torch.cat(outs)
+    def batches():
+        i = 0
+        for xb, _ in dl: yield (xb,), torch.arange(i, i + len(xb)); i += len(xb)
+    lines = [f"Teacher outputs per item: {tuple(full.shape[1:])} logits ({len(CODES)} classes x "
+             f"{args.size}x{args.size} pixels); one teacher forward pass over the {n} training images (loader "
+             f"included, batch {args.bs}): {fwd:.2f} s ({fwd_cpu:.2f} s CPU).", '',
+             '| storage | bytes per item | total | fill (s) | fill CPU (s) | fill / forward (CPU) '
+             '| max abs logit error | pixels whose top class changes | mean per-pixel KL(teacher ‖ cached) |',
+             '|---' * 9 + '|']
+    kl = lambda a, b: float((a.log_softmax(1).exp() * (a.log_softmax(1) - b.log_softmax(1))).sum(1).mean())
+    for name, kw in [('float16, all 11 classes', {}),
+                     (f'top-{args.topk} of the classes (float16 + uint8 index)', dict(topk=args.topk))]:
+        cache = TeacherCache(n, **kw)
+        _, wall, cpu = _timed(lambda: cache.fill(model, batches()))
+        got = cache.lookup(torch.arange(n))
+        err = f"{float((got - full).abs().max()):.4f}" if not kw else '–'  # top-k: log-probabilities, not logits
+        flips = 100 * float((got.argmax(1) != full.argmax(1)).float().mean())
+        lines.append(f"| {name} | {cache.nbytes / n:,.0f} | {cache.nbytes / 2**20:.1f} MB | {wall:.2f} | {cpu:.2f} "
+                     f"| {cpu / fwd_cpu:.2f} | {err} | {flips:.3f} % | {kl(full, got):.2e} |")
+    fp32 = full[0].numel() * 4
+    lines += ['', f"For scale: one image is {28*28} bytes (uint8), its float32 teacher output {fp32:,} bytes; the "
+              f"float16 cache of all 60,000 training images would take {60000 * full[0].numel() * 2 / 2**30:.2f} GB."]
+    # the user's path: one epoch of KD from the cache (filled at the start of the fit), a fresh student, seed 0
+    set_seed(0)
+    learn = seg_learner(seg_dls(data, args.bs, args.size), partial(small_encoder, widths=tuple(args.student_widths)))
+    timer = PhaseTimer()
+    try:
+        with learn.no_bar(), learn.no_logging():
+            _, wall, cpu = _timed(lambda: learn.distill(model, 1, args.lr, T=args.T, alpha=args.alpha, cache=True,
+                                                        cache_kwargs=dict(verbose=False), cbs=[timer]))
+        lines += ['', f"`learn.distill(teacher, 1, lr, cache=True)` (KD, float16 cache in memory): the fit took "
+                  f"{wall:.1f} s ({cpu:.1f} s CPU) of which the training phase {timer.wall[0]:.1f} s "
+                  f"({timer.cpu_times[0]:.1f} s CPU); the rest is the fill at the start and the validation."]
+        per = {m: df[df.method == m].cpu_sec_per_epoch.mean() for m in ('alone', 'kd')
+               if df is not None and m in set(df.method)}
+        what = {'alone': 'student alone', 'kd': 'KD recomputing the teacher'}
+        if per: lines[-1] += (" The runs above, training phase, mean CPU s/epoch: "
+                              + ', '.join(f"{what[m]} {v:.1f}" for m, v in per.items()) + '.')
+    except Exception as e:
+        lines += ['', f"`learn.distill(teacher, 1, lr, cache=True)` on these loaders failed: {type(e).__name__}: {e}"]
+    return lines
 
 if __name__ == '__main__': main()

@@ -110,18 +110,25 @@ def execute(nb_path: Path, dest: Path):
         raise SystemExit(1)
     dest.parent.mkdir(parents=True, exist_ok=True)
     write_nb(nb, dest)  # the same cells as the notebook: the pages take their code from it, the outputs from here
+    import resource
+    ru = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    print(f'cpu_seconds={sum(r.ru_utime + r.ru_stime for r in ru):.1f}')
 
-def execute_all(nbs: list[Path], jobs: int, timeout: int) -> dict[Path, float]:
-    "Execute `nbs` in subprocesses, `jobs` at a time; returns the seconds each took"
+def execute_all(nbs: list[Path], jobs: int, timeout: int) -> dict[Path, tuple[float, float]]:
+    "Execute `nbs` in subprocesses, `jobs` at a time, the longest of the last build first; (wall, CPU) seconds of each"
+    try: last = json.loads((BUILD/'manifest.json').read_text())['seconds']
+    except (OSError, ValueError, KeyError): last = {}
+    order = sorted(nbs, key=lambda nb: -last.get(f'execute {nb.name}', [0])[0])
     def one(nb):
         t0 = time.time()
         dest = EXECUTED/nb.relative_to(NBS)
-        env = {'OMP_NUM_THREADS': str(max(1, (os.cpu_count() or 1) // jobs)), **os.environ}
-        r = subprocess.run([sys.executable, __file__, '--execute', str(nb), str(dest)], cwd=ROOT, env=env,
+        r = subprocess.run([sys.executable, __file__, '--execute', str(nb), str(dest)], cwd=ROOT,
                            capture_output=True, text=True, timeout=timeout)
         if r.returncode: raise RuntimeError(f'executing {nb.name} failed:\n{r.stdout[-2000:]}\n{r.stderr[-6000:]}')
-        return time.time() - t0
-    with ThreadPoolExecutor(jobs) as ex: return dict(zip(nbs, ex.map(one, nbs)))
+        cpu = re.findall(r'^cpu_seconds=([\d.]+)$', r.stdout, re.M)
+        return time.time() - t0, float(cpu[-1]) if cpu else float('nan')
+    with ThreadPoolExecutor(jobs) as ex: res = dict(zip(order, ex.map(one, order)))
+    return {nb: res[nb] for nb in nbs}
 
 # ---------------------------------------------------------------------------------------------------------- API tables
 
@@ -408,20 +415,20 @@ def nav(names: list[str]) -> list:
 
 # -------------------------------------------------------------------------------------------------------------- main
 
-def build(jobs: int = 2, timeout: int = 900, execute_nbs: bool = True) -> dict:
+def build(jobs: int = 2, timeout: int = 1800, execute_nbs: bool = True) -> dict:
     t0 = time.time()
     nbs = find_notebooks()
     teach = teaching_notebooks(nbs)
     print('teaching notebooks (executed):', ', '.join(p.name for p in teach), flush=True)
-    shutil.rmtree(PAGES, ignore_errors=True)
-    PAGES.mkdir(parents=True)
     times = {}
     if execute_nbs:
         shutil.rmtree(EXECUTED, ignore_errors=True)
         times = execute_all(teach, jobs, timeout)
-        for nb, s in times.items(): print(f'  executed {nb.name}: {s:.1f} s', flush=True)
+        for nb, (w, c) in times.items(): print(f'  executed {nb.name}: {w:.0f} s ({c:.0f} s of CPU)', flush=True)
     executed = {nb: EXECUTED/nb.relative_to(NBS) for nb in teach if (EXECUTED/nb.relative_to(NBS)).exists()}
     t1 = time.time()
+    shutil.rmtree(PAGES, ignore_errors=True)
+    PAGES.mkdir(parents=True)
     conv = Converter(nbs, executed)
     if conv.missing: raise SystemExit('docs/build.py: defined in export cells but not in their module '
                                       '(run `make export`?): ' + ', '.join(conv.missing))
@@ -444,7 +451,11 @@ def build(jobs: int = 2, timeout: int = 900, execute_nbs: bool = True) -> dict:
                 'teaching': {e: conv.names[nb] + '.html' for e, nb in zip(TEACHING, teach)},
                 'api_entries': len(conv.symbols),
                 'seconds': {'execute': round(t1 - t0, 1), 'convert': round(t2 - t1, 1), 'mkdocs': round(t3 - t2, 1),
-                            **{f'execute {nb.name}': round(s, 1) for nb, s in times.items()}}}
+                            **{f'execute {nb.name}': [round(w, 1), round(c, 1)] for nb, (w, c) in times.items()}}}
+    if not execute_nbs:  # keep the last execution's times (they order the next execution)
+        try: last = json.loads((BUILD/'manifest.json').read_text())['seconds']
+        except (OSError, ValueError, KeyError): last = {}
+        manifest['seconds'].update({k: v for k, v in last.items() if k.startswith('execute ')})
     (BUILD/'manifest.json').write_text(json.dumps(manifest, indent=1))
     print(f'site: {SITE.relative_to(ROOT)}/ ({len(nbs)} pages, {len(conv.symbols)} API entries); '
           f'execute {t1 - t0:.0f} s, convert {t2 - t1:.0f} s, mkdocs {t3 - t2:.0f} s', flush=True)
@@ -453,8 +464,9 @@ def build(jobs: int = 2, timeout: int = 900, execute_nbs: bool = True) -> dict:
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--jobs', type=int, default=int(os.environ.get('DOCS_JOBS', 2)), help='notebooks run at once')
-    ap.add_argument('--timeout', type=int, default=900, help='seconds one notebook may take')
-    ap.add_argument('--no-execute', action='store_true', help='render every notebook as it is (quick preview)')
+    ap.add_argument('--timeout', type=int, default=1800, help='seconds one notebook may take')
+    ap.add_argument('--no-execute', action='store_true',
+                    help='execute nothing: the pages take the outputs of the executed copies there are (quick preview)')
     ap.add_argument('--execute', nargs=2, metavar=('NOTEBOOK', 'DEST'), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.execute: execute(Path(a.execute[0]).resolve(), Path(a.execute[1]).resolve())

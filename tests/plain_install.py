@@ -10,8 +10,11 @@ Run it with the dev environment's python (it uses the standard library, pip and 
 2. makes a fresh virtual environment that sees the dev environment's torch and torchvision (and their own dependencies)
    through symlinks in a folder put on its path by a `.pth` file, so that pip takes them as installed and nothing
    multi-GB is downloaded again; nothing else of the dev environment is visible there;
-3. `pip install`s the wheel there: pip adds exactly kd_fastai's runtime requirements (fastai & co, from pip's cache
-   after the first run);
+3. `pip install --no-index`s the wheel there from a wheelhouse: pip adds exactly kd_fastai's runtime requirements
+   (fastai & co, ~80 wheels, 144 MB). The wheelhouse is filled from the package index on the first run, when
+   settings.ini's requirements change, when it is 7 days old (`--max-age-days`) or with `--refresh`: `pip install
+   --dry-run --report` in the fresh environment says what to fetch (pip's own HTTP cache stays empty here: the
+   registry proxy strips the caching headers);
 4. runs `tests/plain_install_smoke.py` with that environment's python from a folder outside the checkout: it asserts
    that accelerate, nbdev and pytest are absent, imports `kd_fastai.all`, loads the smallest shipped teacher, distils
    it for one short epoch, exports the student and predicts with the loaded learner.
@@ -181,7 +184,7 @@ def fill_wheelhouse(py:Path, whl:Path, house:Path, env:dict, stamp:str):
 
 def install(py:Path, whl:Path, house:Path, env:dict, refresh:bool, max_age_days:float):
     "pip install `whl` into the fresh environment from the wheelhouse, offline; (re)fill the wheelhouse first when needed"
-    stamp = f"{whl.name} {' '.join(sorted(reqs_of(whl)))} python{sys.version_info[0]}.{sys.version_info[1]}\n"
+    stamp = f"{' '.join(sorted(reqs_of(whl)))} python{sys.version_info[0]}.{sys.version_info[1]}\n"
     f = house/'STAMP'
     stale = refresh or not f.exists() or f.read_text() != stamp or time.time() - f.stat().st_mtime > max_age_days*86400
     t_fill = fill_wheelhouse(py, whl, house, env, stamp) if stale else 0.

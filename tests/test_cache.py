@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 from PIL import Image
-from fastai.learner import Learner
+from fastai.learner import Learner, load_learner
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.mixup import MixUp
 from fastai.metrics import accuracy
@@ -20,6 +20,7 @@ from kd_fastai.core.teacher import FrozenTeacher
 from kd_fastai.cache.store import TeacherCache, cache_nbytes, data_fingerprint, transform_fingerprint, input_signature
 from kd_fastai.cache.kd import CachedKDCallback, indexed_dls
 from kd_fastai.cache.views import random_reasons
+import kd_fastai.core.registry  # noqa: F401 (patches Learner.distill)
 from kd_fastai.test_utils import small_net
 
 
@@ -191,3 +192,146 @@ def test_storage_and_signatures(tmp_path):
     assert (ft(xb) - ref(xb)).abs().max() < 0.1
     ref.restore(); ft.restore()
     assert m.training
+
+
+# --- fastai's applications: tabular, text, segmentation (issue 41) ---------------------------------------------------
+
+class Peek(Callback):
+    "Compares every cached teacher output with `ref(kd, learn)` (default: the live teacher on the batch the student sees)"
+    order = 90
+    def __init__(self, ref=None): self.ref = ref
+    def before_fit(self): self.n, self.err, self.err_live = 0, 0., 0.
+    def after_loss(self):
+        kd = next(cb for cb in self.learn.cbs if isinstance(cb, CachedKDCallback))
+        if kd.teacher_out is None or kd.keys is None: return
+        p = (lambda z: z.softmax(1)) if kd.topk else (lambda z: z)  # top-k: log-probabilities, compared as probabilities
+        with torch.no_grad():
+            live = kd.teacher(*self.xb)
+            ref = live if self.ref is None else self.ref(kd, self.learn)
+        self.err = max(self.err, float((p(kd.teacher_out) - p(ref)).abs().max()))
+        self.err_live = max(self.err_live, float((p(kd.teacher_out) - p(live)).abs().max()))
+        self.n += 1
+
+
+class Reused(Callback):
+    "Records whether the cached callback of the fit reused its training cache (it was not filled)"
+    order = 95
+    def after_fit(self):
+        kd = next(cb for cb in self.learn.cbs if isinstance(cb, CachedKDCallback))
+        self.reused = kd.caches['train'].fill_seconds is None
+
+
+def state(m): return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def check_cached_fit(student, teacher, tmp_path, item, tol=1e-2, ref=None, **cache_kwargs):
+    "A cached fit: targets equal to `ref`, the teacher unchanged; `distill(cache=True)` reuses the cache; the export predicts"
+    before, pk, again = state(teacher), Peek(ref), Reused()
+    cb = CachedKDCallback(teacher, path=tmp_path/'cache', verbose=False, **cache_kwargs)
+    with student.no_bar(), student.no_logging(): student.fit(1, 1e-3, cbs=[cb, pk])
+    assert pk.n == len(student.dls.train) + len(student.dls.valid) and pk.err < tol, (pk.n, pk.err)
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())
+    with student.no_bar(), student.no_logging():
+        student.distill(teacher, 1, cache_path=tmp_path/'cache', cache_kwargs=dict(verbose=False, **cache_kwargs), cbs=again)
+    assert again.reused and all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+    student.path = tmp_path
+    student.export('student.pkl')
+    loaded = load_learner(tmp_path/'student.pkl')
+    assert not any(isinstance(c, CachedKDCallback) for c in loaded.cbs)
+    with loaded.no_bar(): return cb, pk, loaded.predict(item)
+
+
+def tabular_data(n=160):
+    import pandas as pd
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(dict(a=rng.choice(['x', 'y', 'z'], n), b=rng.normal(size=n), c=rng.normal(size=n)))
+    df['t'] = np.where(df.b + (df.a == 'x') > 0, 'p', 'q')
+    return df
+
+
+def test_tabular(tmp_path):
+    from fastai.tabular.all import TabularDataLoaders, tabular_learner, Categorify, Normalize as TabNormalize
+    from fastcore.foundation import L
+    df = tabular_data()
+    dls = TabularDataLoaders.from_df(df, cat_names=['a'], cont_names=['b', 'c'], y_names='t', procs=[Categorify, TabNormalize],
+                                     bs=32, valid_idx=list(range(128, 160)), device='cpu')
+    torch.manual_seed(0)
+    teacher, student = tabular_learner(dls, layers=[16]).model, tabular_learner(dls, layers=[4])
+    assert dls.one_batch()[2].shape == (32, 1)  # targets B x 1
+    dls.c = L([2])  # what some fastai versions give: the cache takes its classes from the teacher's output
+    cb, _, pred = check_cached_fit(student, teacher, tmp_path, df.iloc[0])
+    assert cb.caches['train'].n_classes == 2 and pred[2].shape == (2,)
+
+
+def text_data(n=48):
+    import pandas as pd
+    rng = np.random.default_rng(0)
+    words = 'good bad fine awful great poor nice the a movie film plot'.split()
+    rows = [(' '.join(list(rng.choice(words, int(rng.integers(2, 30)))) + ['great' if i % 2 else 'awful']), 'pn'[i % 2])
+            for i in range(n)]
+    return pd.DataFrame(rows, columns=['text', 'label'])
+
+
+def test_text_classifier(tmp_path):
+    "AWD-LSTM on padded batches of texts of varying lengths: the cache is keyed by item, the check ignores the padding"
+    from fastai.text.all import TextDataLoaders, BaseTokenizer, text_classifier_learner, AWD_LSTM, awd_lstm_clas_config
+    dls = TextDataLoaders.from_df(text_data(), text_col='text', label_col='label', valid_pct=0.25, seed=0, bs=8, seq_len=8,
+                                  tok_tfm=BaseTokenizer(), n_workers=0, device='cpu')
+    cfg = dict(awd_lstm_clas_config, emb_sz=16, n_hid=16, n_layers=1)
+    torch.manual_seed(0)
+    teacher = text_classifier_learner(dls, AWD_LSTM, config=cfg, pretrained=False).model
+    student = text_classifier_learner(dls, AWD_LSTM, config=cfg, pretrained=False)
+    def alone(kd, learn):  # each text's teacher output without padding (what the cache stores, see nbs/21_cache.views.ipynb)
+        ds = learn.dls.train_ds if learn.training else learn.dls.valid_ds
+        return torch.cat([kd.teacher(ds[int(k)][0][None]) for k in kd.keys])
+    cb, pk, pred = check_cached_fit(student, teacher, tmp_path, 'good film great', tol=1e-4, ref=alone)
+    assert cb.caches['train'].pad_idx == 1 and pred[0] in ('p', 'n')
+    assert pk.err_live < 0.2  # the live teacher on padded batches differs a little (fastai's chunked encoder)
+    # a language-model loader has no items to key: refused, with the reason
+    lm = TextDataLoaders.from_df(text_data(), text_col='text', is_lm=True, valid_pct=0.25, seed=0, bs=4, seq_len=8,
+                                 tok_tfm=BaseTokenizer(), n_workers=0, device='cpu')
+    from fastai.text.all import language_model_learner, awd_lstm_lm_config
+    llm = language_model_learner(lm, AWD_LSTM, config=dict(awd_lstm_lm_config, emb_sz=16, n_hid=16, n_layers=1), pretrained=False)
+    with pytest.raises(ValueError, match='language-model loader'):
+        with llm.no_bar(), llm.no_logging(): llm.fit(1, cbs=CachedKDCallback(llm.model, verbose=False))
+
+
+def seg_folder(d, n=12, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    (Path(d)/'images').mkdir(parents=True); (Path(d)/'masks').mkdir()
+    for i in range(n):
+        im, m = rng.integers(0, 80, (size, size, 3), dtype=np.uint8), np.zeros((size, size), dtype=np.uint8)
+        r, c = rng.integers(0, size - 10, 2)
+        im[r:r+10, c:c+10] += 150; m[r:r+10, c:c+10] = 1 + i % 2
+        Image.fromarray(im).save(Path(d)/'images'/f'{i}.png'); Image.fromarray(m).save(Path(d)/'masks'/f'{i}.png')
+    return Path(d)
+
+
+def tiny_encoder(pretrained=False):
+    "A small CNN shaped like the bodies fastai's unet_learner cuts (stride-2 stages, then a head to cut off)"
+    from fastai.layers import ConvLayer
+    return nn.Sequential(ConvLayer(3, 8, stride=2), ConvLayer(8, 16, stride=2), ConvLayer(16, 32, stride=2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 3))
+
+
+@pytest.mark.parametrize('topk', [None, 2])
+def test_segmentation_dense(tmp_path, topk):
+    "unet_learner: B x C x H x W teacher logits stored per item (fp16, or top-k along the class dim)"
+    from fastai.vision.all import SegmentationDataLoaders, unet_learner, imagenet_stats
+    d = seg_folder(tmp_path/'data')
+    dls = SegmentationDataLoaders.from_label_func(d, get_image_files(d/'images'), lambda o: d/'masks'/o.name,
+                                                  codes=['bg', 'a', 'b'], bs=4, valid_pct=0.25, seed=0, device='cpu',
+                                                  batch_tfms=Normalize.from_stats(*imagenet_stats))
+    torch.manual_seed(0)
+    teacher = unet_learner(dls, tiny_encoder, pretrained=False, cut=-3).model
+    student = unet_learner(dls, tiny_encoder, pretrained=False, cut=-3)
+    cb, _, pred = check_cached_fit(student, teacher, tmp_path, get_image_files(d/'images')[0], topk=topk)
+    c = cb.caches['train']
+    assert c.item_shape == (32, 32) and c.n_classes == 3
+    assert c.arrays['logits' if topk is None else 'values'].shape == (9, topk or 3, 32, 32)
+    assert pred[0].shape == (32, 32)
+    if topk is None:  # over memory_budget without a path: refused with the size, the teacher handed back
+        with pytest.raises(ValueError, match=r'would take 9 items x 3 classes x 32 x 32 x 2 bytes.*per item'):
+            with student.no_bar(), student.no_logging(): student.fit(1, cbs=CachedKDCallback(teacher, memory_budget=10_000, verbose=False))
+        assert teacher.training

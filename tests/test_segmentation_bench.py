@@ -1,5 +1,6 @@
-"""bench/segmentation.py (issue 41): the masks, the fastai loaders, the metrics and a tiny run of the whole script (a
-teacher of width 4, 1 epoch each, a hundred images) so that the benchmark cannot rot. Needs Fashion-MNIST (`make data`)."""
+"""bench/segmentation.py (issue 41): the masks, the fastai loaders, the metrics and a tiny run of the whole script
+(a teacher of width 4, 1 epoch each, a hundred images) so that the benchmark cannot rot. Needs Fashion-MNIST
+(`make data`)."""
 import sys
 from pathlib import Path
 import numpy as np
@@ -50,21 +51,31 @@ def test_data_and_loaders():
 
 @needs_data
 def test_script_runs(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a few tiny runs: one thread is faster on a busy machine
+    try: _script_runs(tmp_path)
+    finally: torch.set_num_threads(threads)
+
+def _script_runs(tmp_path):
     args = ['--n-train', '120', '--n-test', '40', '--bs', '32', '--teacher-width', '4', '--teacher-epochs', '1',
-            '--epochs', '1', '--student-widths', '4', '8', '--seeds', '0', '1', '--runs', str(tmp_path/'runs'),
-            '--out', str(tmp_path/'seg'), '--threads', '0']
+            '--epochs', '1', '--student-widths', '4', '8', '--seeds', '0', '--runs', str(tmp_path/'runs'),
+            '--out', str(tmp_path/'seg'), '--threads', '0']  # 0: the script leaves torch's threads alone
     support = seg.dense_support()
     ready = [m for m in ('kd', 'cwd') if support[m]]
     for m in ('kd', 'cwd'):
         if not support[m]:  # the library cannot do it yet: the script says so before any training
             with pytest.raises(RuntimeError, match='dense logits'): seg.main(args + ['--methods', m])
-    df = seg.main(args + ['--methods', 'alone', *ready])
-    assert list(df.method) == ['teacher'] + ['alone', *ready] * 2 and list(df.seed) == [0] + [0]*(1+len(ready)) + [1]*(1+len(ready))
+    df = seg.main(args + ['--methods', 'alone', *ready, '--cache-cost', '--topk', '2'])
+    assert list(df.method) == ['teacher', 'alone', *ready] and list(df.seed) == [0] * (2 + len(ready))
     assert df.test_miou.between(0, 1).all() and df.test_pixel_acc.between(0, 1).all() and (df.best_epoch == 1).all()
     assert df.params[0] > df.params[1] > 0  # the teacher is the larger model
     csv, md = pd.read_csv(tmp_path/'seg.csv'), (tmp_path/'seg.md').read_text()
     assert len(csv) == len(df) and 'Command: `python bench/segmentation.py --n-train 120' in md
-    assert '| student | alone | 0 1 |' in md and 'Class balance' in md
+    assert '| student | alone | 0 |' in md and 'Class balance' in md
+    assert '| float16, all 11 classes | 22,528 |' in md  # 11 x 32 x 32 x 2 bytes
+    assert '| top-2 of the classes (float16 + uint8 index) | 6,144 |' in md  # 2 x 32 x 32 x (2 + 1) bytes
+    assert 'cache=True)` (KD, float16 cache in memory): the fit took' in md  # the user's path worked on these loaders
+    assert df.valid_teacher_agreement[2:].between(0, 1).all()  # the KD metrics of the dense runs, per pixel
     # --resume reuses the teacher checkpoint and every finished row: nothing is trained again
     again = seg.main(args + ['--methods', 'alone', *ready, '--resume'])
     assert again.drop(columns='command').equals(df.drop(columns='command'))

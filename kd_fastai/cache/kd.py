@@ -20,7 +20,7 @@ from ..core.kd import KDCallback, fit_distilling
 from .store import TeacherCache, cache_fingerprint, data_identity, describe_params, _as_cache_dtype
 from ..core.ddp import plain_dl, is_distributed, is_rank0, broadcast_object
 from .views import (ItemOrder, random_tfms, random_probe, random_reasons, ViewReplay, ReplayedTfm,
-                                   _replayed_pipeline, unkeyed_reason, padding_index)
+                                   _replayed_pipeline, unkeyed_reason, padding_index, unpadded_batches)
 
 # %% auto #0
 __all__ = ['CACHE_ARGS', 'TeacherCacheMixin', 'CachedKDCallback', 'register_cached', 'cached_callback', 'mixed_class',
@@ -119,6 +119,9 @@ class TeacherCacheMixin:
 
     def _batches(self, dl, replay=None):
         "`(xb, keys)` of every item of `dl` (of every view, when replaying), keys from the items' order"
+        if replay is None and padding_index(dl) is not None:  # padded texts: in batches of one length, each its own output
+            yield from unpadded_batches(dl)
+            return
         order = ItemOrder(dl)
         detach = order.attach()
         try:

@@ -92,7 +92,7 @@ def describe_params(o, depth:int=0):
     "A plain description of `o` that changes with its parameters: tensors by content hash, functions by code, objects by class and attributes"
     if o is None or isinstance(o, (bool, int, float, str, bytes, Path, enum.Enum, torch.dtype, torch.device)): return repr(o)
     if isinstance(o, (torch.Tensor, np.ndarray)):
-        return _digest(torch.as_tensor(o)) if not isinstance(o, np.ndarray) or o.dtype != object else describe_params(o.tolist(), depth)
+        return _digest(o) if not isinstance(o, np.ndarray) or o.dtype != object else describe_params(o.tolist(), depth)
     if isinstance(o, dict): return {str(k): describe_params(v, depth) for k, v in o.items()}
     if isinstance(o, (set, frozenset)): return sorted(repr(describe_params(v, depth)) for v in o)
     if isinstance(o, (list, tuple)) or type(o).__name__ == 'L': return [describe_params(v, depth) for v in o]
@@ -290,10 +290,11 @@ class TeacherCache:
 
     def _too_big(self)->str:
         "Why this cache is not made in memory, with its size and smaller settings"
-        c, n = self.n_classes, math.prod(self.item_shape)
-        k = min(5 if n == 1 else 3, c - 1)
-        alt = [f"topk={k} ({_fmt_bytes(cache_nbytes(self.n_items, c, self.dtype, k, self.sig_dim, self.item_shape))})"] if k >= 1 and self.topk is None else []
-        if self.dtype == torch.float32: alt.append(f"dtype='fp16' ({_fmt_bytes(cache_nbytes(self.n_items, c, 'fp16', self.topk, self.sig_dim, self.item_shape))})")
+        c, size = self.n_classes, lambda **kw: cache_nbytes(**{**dict(n_items=self.n_items, n_classes=self.n_classes, dtype=self.dtype,
+                  topk=self.topk, sig_dim=self.sig_dim, item_shape=self.item_shape), **kw})
+        k = min(3 if self.item_shape else 5, c - 1)
+        alt = [f"{a}={v!r} ({_fmt_bytes(size(**{a: v}))})" for a, v in (('topk', k), ('dtype', 'fp16'))
+               if (a == 'dtype' or (self.topk is None and k >= 1)) and size(**{a: v}) < self.nbytes]
         return (f"The teacher cache would take {self.size_text()}, more than memory_budget={_fmt_bytes(self.memory_budget)}, and "
                 f"no path was given: pass path= (a folder for memory-mapped files, with {_fmt_bytes(self.nbytes)} free), raise "
                 "memory_budget" + (", or store less: " + ' or '.join(alt) if alt else '') + ".")

@@ -15,8 +15,8 @@ from fastai.vision.augment import RandTransform, Resize
 from ..core.ddp import plain_dl
 
 # %% auto #0
-__all__ = ['unkeyed_reason', 'padding_index', 'ItemOrder', 'random_tfms', 'random_probe', 'replay_api', 'random_reasons',
-           'ViewReplay', 'ReplayedTfm']
+__all__ = ['unkeyed_reason', 'padding_index', 'ItemOrder', 'unpadded_batches', 'random_tfms', 'random_probe', 'replay_api',
+           'random_reasons', 'ViewReplay', 'ReplayedTfm']
 
 # %% ../../nbs/21_cache.views.ipynb #cbee87b8
 def unkeyed_reason(dl)->str|None:
@@ -80,6 +80,21 @@ class ItemOrder:
         self.pos += n
         self.last = items
         return items
+
+# %% ../../nbs/21_cache.views.ipynb #5ce1d855
+def unpadded_batches(dl, bs:int|None=None)->'Iterator':
+    "`(xb, keys)` covering every item of the padding loader `dl` once, in batches of texts of one length: nothing is padded"
+    n_inp = getattr(dl, 'n_inp', 1)
+    if getattr(getattr(dl, 'sort_func', None), '__name__', None) == '_default_sort' and len(getattr(dl, 'res', ())) == dl.n:
+        lens = torch.as_tensor(dl.res)  # fastai's SortedDL: the length of each item's text
+    else: lens = torch.tensor([len(dl.do_item(i)[0]) for i in range(dl.n)])
+    order = torch.sort(lens, stable=True).indices
+    dl.before_iter()
+    for L in lens.unique().tolist():
+        same = order[lens[order] == L]
+        for keys in same.split(bs or dl.bs):
+            b = dl.after_batch(to_device(dl.do_batch([dl.do_item(int(i)) for i in keys]), dl.device))
+            yield tuple(b[:n_inp]), keys
 
 # %% ../../nbs/21_cache.views.ipynb #91ba83e3
 def _split(dl): return getattr(getattr(dl, 'dataset', None), 'split_idx', None)

@@ -64,7 +64,7 @@ def as_module(model, # an `nn.Module`, a `Learner`, a file path, or a kd_fastai 
     raise TypeError(f"The {what} must be an nn.Module, a fastai Learner or the path of a saved model, "
                     f"got {type(model).__name__}{hint}.")
 
-# %% ../../nbs/10_core.teacher.ipynb #1003bd36
+# %% ../../nbs/10_core.teacher.ipynb #c95b303e
 class TeacherInputError(ValueError):
     "A teacher that cannot take its inputs (or an input adapter that cannot make them)"
 
@@ -181,7 +181,7 @@ class TeacherInputs:
         return F.interpolate(x, size=self.size, mode=self.mode, align_corners=False if smooth else None,
                              antialias=self.antialias and smooth)
 
-# %% ../../nbs/10_core.teacher.ipynb #ff6060b2
+# %% ../../nbs/10_core.teacher.ipynb #0bc80d11
 _SHAPE_WORDS = ('size', 'shape', 'channel', 'mat1 and mat2', "doesn't match", 'dimension')
 
 def _first_conv(model):
@@ -320,12 +320,13 @@ class FrozenTeacher:
             if self._saved.get('channels_last') and x.ndim == 4: x = x.contiguous(memory_format=torch.channels_last)
         return (x, *args[1:])
 
-    def check_inputs(self, xb:tuple, # a batch of the student's inputs (its first two items are used)
+    def check_inputs(self, xb:tuple|None=None, # a batch of the student's inputs (its first two items are used); None: no probe
                      dls=None, # the student's loaders: the adapter's `from_stats` from their `Normalize` when it needs them
                     ):
         "Freeze, then run the teacher on two items of `xb` (BatchNorm in eval mode): a clear error now if it cannot take them"
         self.freeze()
         if dls is not None and hasattr(self.tfms, 'for_dls'): self._saved['tfms'] = self.tfms.for_dls(dls)
+        if xb is None: return None
         xb = tuple(x[:2] if isinstance(x, torch.Tensor) and x.dim() else x for x in xb)
         bns = [mod for mod in self.model.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.training]
         for mod in bns: mod.eval()  # a probe moves no running statistic (train_bn=True)

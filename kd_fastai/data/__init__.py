@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../../nbs/01a_data.ipynb #7a7009c5
+# %% ../../nbs/01a_data.ipynb #54a60522
 from .fmnist import *
 from .core import *
 from . import fmnist as _fmnist

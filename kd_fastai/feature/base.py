@@ -19,7 +19,7 @@ from ..losses.logit import feature_mse_loss, attention_transfer_loss, soft_targe
 from ..core.teacher import FrozenTeacher
 from ..core.fitscope import FitScopedCallback
 from ..core.kd import KDValue, KDCallback, fit_distilling, kd_metrics
-from ..core.ddp import DistributedDataParallel, unwrap_model, broadcast_params, sync_grads, peek_batch
+from ..core.ddp import DistributedDataParallel, unwrap_model, broadcast_params, sync_grads, peek_batch, plain_dl
 from .hookpoints import (find_module, FeaturePoint, Taps, trace_calls, preact_point,
                                   teacher_features, _StopForward, _stop)
 _all_ = ['find_module', 'teacher_features']  # defined in kd_fastai.feature.hookpoints; importable from here as before
@@ -179,7 +179,7 @@ class FeatureDistillCallback(FitScopedCallback):
 
     def probe_batch(self)->tuple:
         "The inputs of one training batch, drawn without moving any random state (for shape probes before the fit)"
-        return first_items(peek_batch(self.learn.dls.train)[:self.learn.dls.n_inp])
+        return first_items(peek_batch(self.learn.dls.train)[:getattr(self.learn.dls, 'n_inp', 1)])
 
     def pair_weights(self)->list:
         "One weight per pair, from `feat_weight`"
@@ -201,7 +201,8 @@ class FeatureDistillCallback(FitScopedCallback):
         self.on_exit(self._forget)
         # the teacher (through its input adapter, which gets the student's statistics) can take the student's inputs:
         # two items of the first batch, before the default pairs' and the cache's probes of the teacher, and any training
-        t.check_inputs(self.probe_batch(), self.learn.dls)
+        dls = self.learn.dls  # (a torch DataLoader cannot show a batch in advance: its teacher is checked at the first batch)
+        t.check_inputs(self.probe_batch() if hasattr(plain_dl(dls.train), 'one_batch') else None, dls)
         self.pairs = feature_pairs(self.default_pairs(model, t.model) if self.pairs is None else self.pairs, model, t.model)
         self.weights = self.pair_weights()
         self.s_points = None

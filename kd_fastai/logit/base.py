@@ -66,7 +66,7 @@ class LogitKDCallback(KDCallback):
 
     def distill_term(self):
         "The method's distillation term on the batch (before weights and warm-up); void positions left out where it can"
-        kw = {k: self._value(v) for k, v in self.loss_kwargs.items()}
-        return self.loss_func(self.pred, self.teacher_out, *self.yb, **kw, **self.ignore_kwargs())
+        kw = {**self.ignore_kwargs(), **{k: self._value(v) for k, v in self.loss_kwargs.items()}}  # an explicit one wins
+        return self.loss_func(self.pred, self.teacher_out, *self.yb, **kw)
 
     def task_weight(self)->float: return self._value(self.ce_weight)

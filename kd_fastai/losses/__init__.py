@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../../nbs/09a_losses.ipynb #cadf2c0b
+# %% ../../nbs/09a_losses.ipynb #1b5f9098
 from .feature import *
 from .logit import *
 from . import feature as _feature

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../../nbs/07a_models.ipynb #379aaa92
+# %% ../../nbs/07a_models.ipynb #ba26ce8a
 from .zoonet import *
 from .cifar_extra import *
 from .torchvision_nets import *
@@ -16,4 +16,5 @@ from . import cifar_extra as _cifar_extra
 from . import torchvision_nets as _torchvision_nets
 from . import zoo as _zoo
 from . import pretrained as _pretrained
-__all__ = list(dict.fromkeys(_zoonet.__all__ + _cifar_extra.__all__ + _torchvision_nets.__all__ + _zoo.__all__ + _pretrained.__all__))
+__all__ = list(dict.fromkeys(_zoonet.__all__ + _cifar_extra.__all__ + _torchvision_nets.__all__ + _zoo.__all__
+                             + _pretrained.__all__))
