@@ -1,7 +1,8 @@
 """The leaderboard: reads the result CSVs that the benchmarks of `bench/` write and puts every method side by side.
 
-This reads this repository's result files, so it lives with the benchmarks, not in the package; `nbs/62_leaderboard.ipynb`
-explains and tests it. `python bench/leaderboard.py` regenerates results/leaderboard.{md,csv,png}.
+This reads this repository's result files, so it lives with the benchmarks, not in the package;
+`nbs/62_leaderboard.ipynb` explains and tests it. `python bench/leaderboard.py` regenerates
+results/leaderboard.{md,csv,png}.
 """
 from __future__ import annotations
 import json, re, warnings
@@ -14,7 +15,7 @@ from kd_fastai.experiments.runs import to_markdown
 _ALIASES = {'no teacher': 'baseline', 'kd from the teacher': 'KD'}  # lower-case short name -> leaderboard name
 
 def method_names(labels, groups=None)->list:
-    "`method_name` of each label, except labels of one group that would share a name with another label: those stay whole"
+    "`method_name` of each label, except labels that would share a name with another label of their group"
     labels, groups = list(map(str, labels)), list(groups) if groups is not None else [None] * len(labels)
     seen = {}
     for g, l in zip(groups, labels): seen.setdefault((g, method_name(l)), set()).add(l)
@@ -46,14 +47,16 @@ def _main_job_seeds(df, path):
     f = Path(str(path).replace('_results.csv', '_runs.json')) if str(path).endswith('_results.csv') else None
     if f is None or not f.exists(): return None
     seeds = {}
-    for r in json.loads(f.read_text()): seeds.setdefault((r['model'], r['method']), {})[int(r['seed'])] = float(r['accuracy']) * 100
+    for r in json.loads(f.read_text()):
+        seeds.setdefault((r['model'], r['method']), {})[int(r['seed'])] = float(r['accuracy']) * 100
     return [seeds.get(k) for k in zip(df.model, df.method)]
 
 def read_kd_results(df, name, path=None):
     "Summary rows of the main job's `kd_results.csv` (per-seed accuracies from `kd_runs.json` beside it, if there)"
     return pd.DataFrame(dict(setting=name, teacher=_teacher(df), model=df.model, method=df.method.map(method_name),
-                             seeds=df.seeds, acc_mean=df.acc_mean, acc_std=df.acc_std, per_seed=_main_job_seeds(df, path), params=df.params,
-                             sec_per_epoch=df['sec/epoch']), columns=_COLS)
+                             seeds=df.seeds, acc_mean=df.acc_mean, acc_std=df.acc_std,
+                             per_seed=_main_job_seeds(df, path), params=df.params, sec_per_epoch=df['sec/epoch']),
+                        columns=_COLS)
 
 def read_selfkd(df, name, path=None):
     "Summary rows of `bench/selfkd.py` with their per-seed accuracies ('a / b / c', seeds 0..n-1)"
@@ -79,7 +82,8 @@ def _epochs(df, path):
 
 def read_takd_rco(df, name, path=None):
     "Summary rows of `bench/takd_rco.py` (`sec/run` divided by the epochs of a run)"
-    text = df['test accuracy (%)'].astype(str).str.split('±').str[0].str.strip() if 'test accuracy (%)' in df else np.nan
+    col = 'test accuracy (%)'
+    text = df[col].astype(str).str.split('±').str[0].str.strip() if col in df else np.nan
     acc = df.test_mean.fillna(pd.to_numeric(text, errors='coerce'))
     return pd.DataFrame(dict(setting=name, teacher=_teacher(df), model=df.model, method=df.method.map(method_name),
                              seeds=df.seeds, acc_mean=acc, acc_std=df.test_std, per_seed=None, params=df.params,
@@ -87,8 +91,9 @@ def read_takd_rco(df, name, path=None):
 
 def read_method_seeds(df, name, path=None):
     "Per-seed rows of the method benchmarks (`bench/logit_methods.py` and the same schema), one setting per pair"
-    runs = pd.DataFrame(dict(setting=[f"{name} ({p})" for p in df.pair], teacher=[str(p).split(':')[0] for p in df.pair],
-                             model=df.model, method=method_names(df.method, df.pair.astype(str) + ' ' + df.model.astype(str)),
+    runs = pd.DataFrame(dict(setting=[f"{name} ({p})" for p in df.pair],
+                             teacher=[str(p).split(':')[0] for p in df.pair], model=df.model,
+                             method=method_names(df.method, df.pair.astype(str) + ' ' + df.model.astype(str)),
                              seed=df.seed, acc=df.test_acc * 100, params=df.params, sec=df.sec_per_epoch))
     return _summarize(runs)
 
@@ -96,22 +101,29 @@ PROTOCOL_FINAL_TEST = 'accuracy of the final epoch on the test set'
 PROTOCOL_BEST_LOSS = 'best epoch by held-out loss (held-out training images), then the test set'
 PROTOCOL_BEST_ACC = 'best epoch by held-out accuracy (held-out training images), then the test set'
 RESULT_SCHEMAS = {  # name: (columns it needs, reader, protocol)
-    'kd_results': (('model', 'method', 'seeds', 'params', 'acc_mean', 'acc_std', 'sec/epoch'), read_kd_results, PROTOCOL_FINAL_TEST),
-    'selfkd': (('model', 'method', 'seeds', 'params', 'acc_mean', 'acc_std', 'sec/epoch', 'per seed (%)'), read_selfkd, PROTOCOL_FINAL_TEST),
-    'stagewise': (('data', 'model', 'method', 'seed', 'params', 'epochs', 'accuracy', 'seconds'), read_stagewise, PROTOCOL_FINAL_TEST),
-    'takd_rco': (('model', 'method', 'seeds', 'params', 'test_mean', 'test_std', 'sec/run'), read_takd_rco, PROTOCOL_BEST_LOSS),
-    'method_seeds': (('pair', 'model', 'method', 'seed', 'params', 'test_acc', 'sec_per_epoch'), read_method_seeds, PROTOCOL_BEST_ACC),
+    'kd_results': (('model', 'method', 'seeds', 'params', 'acc_mean', 'acc_std', 'sec/epoch'),
+                   read_kd_results, PROTOCOL_FINAL_TEST),
+    'selfkd': (('model', 'method', 'seeds', 'params', 'acc_mean', 'acc_std', 'sec/epoch', 'per seed (%)'),
+               read_selfkd, PROTOCOL_FINAL_TEST),
+    'stagewise': (('data', 'model', 'method', 'seed', 'params', 'epochs', 'accuracy', 'seconds'),
+                  read_stagewise, PROTOCOL_FINAL_TEST),
+    'takd_rco': (('model', 'method', 'seeds', 'params', 'test_mean', 'test_std', 'sec/run'),
+                 read_takd_rco, PROTOCOL_BEST_LOSS),
+    'method_seeds': (('pair', 'model', 'method', 'seed', 'params', 'test_acc', 'sec_per_epoch'),
+                     read_method_seeds, PROTOCOL_BEST_ACC),
 }
-IGNORED_RESULTS = ('loaders*', 'teacher_cache*', 'logit_cost*', 'kd_epoch*', 'leaderboard*',  # cost benchmarks, our output
-                   'logit_diagnostics*', 'mlkd_terms*',  # diagnostics of the teachers' targets and of MLKD's loss terms
-                   '*.partial.csv')  # the progress file of an unfinished run (`bench/stagewise.py`): never ranked
+# cost benchmarks and our own output; diagnostics of the teachers' targets and of MLKD's loss terms; the progress file
+# of an unfinished run (`bench/stagewise.py`): never ranked
+IGNORED_RESULTS = ('loaders*', 'teacher_cache*', 'logit_cost*', 'kd_epoch*', 'leaderboard*',
+                   'logit_diagnostics*', 'mlkd_terms*', '*.partial.csv')
 
 def schema_of(df:pd.DataFrame, what='table')->str:
     "Name of the schema whose columns `df` has (the one needing most columns), or a ValueError listing the known ones"
     fits = [n for n, (cols, *_) in RESULT_SCHEMAS.items() if set(cols) <= set(df.columns)]
     if fits: return max(fits, key=lambda n: len(RESULT_SCHEMAS[n][0]))
     known = '; '.join(f"{n} ({', '.join(c)})" for n, (c, *_) in RESULT_SCHEMAS.items())
-    raise ValueError(f"Unknown result schema for {what} (columns: {', '.join(map(str, df.columns))}). Known schemas: {known}")
+    raise ValueError(f"Unknown result schema for {what} (columns: {', '.join(map(str, df.columns))}). "
+                     f"Known schemas: {known}")
 
 def read_result(src, # a CSV file or a DataFrame of one of `RESULT_SCHEMAS`
                 name:str|None=None, # setting name (default: the file's stem, or the schema's name for a DataFrame)
@@ -137,19 +149,20 @@ def result_files(folder, ignore=IGNORED_RESULTS)->list:
 def paired_gain(row, # a leaderboard row (dict or Series) with `per_seed` and `acc_mean`
                 base, # the baseline's row
                )->tuple:
-    "(gain, std) in points: mean and sample std of the per-seed differences paired by seed, else (difference of means, NaN)"
+    "(gain, std) in points: mean and sample std of the per-seed differences, else (difference of means, NaN)"
     a, b = row['per_seed'], base['per_seed']
     common = sorted(set(a) & set(b)) if isinstance(a, dict) and isinstance(b, dict) else []
     if not common: return float(row['acc_mean'] - base['acc_mean']), np.nan
     d = np.array([a[s] - b[s] for s in common])
     return float(d.mean()), float(d.std(ddof=1)) if len(d) > 1 else np.nan
 
-def leaderboard(paths_or_frames, # a folder, CSV file or DataFrame, a list of them, or a dict {setting name: file or frame}
+def leaderboard(paths_or_frames, # a folder, CSV file or DataFrame, a list of them, or a dict {setting: file or frame}
                 baseline:str='baseline', # the method the gains are measured against
                )->pd.DataFrame:
-    "One row per (setting, model, method): accuracy mean ± std (%), paired gain over the baseline (points), params, sec/epoch, source"
+    "One row per (setting, model, method): accuracy, paired gain over the baseline, params, sec/epoch, source"
     src = paths_or_frames
-    items = list(src.items()) if isinstance(src, dict) else [(None, s) for s in (src if isinstance(src, (list, tuple)) else [src])]
+    if isinstance(src, dict): items = list(src.items())
+    else: items = [(None, s) for s in (src if isinstance(src, (list, tuple)) else [src])]
     parts = []
     for name, s in items:
         if not isinstance(s, pd.DataFrame) and Path(s).is_dir(): parts += [read_result(f) for f in result_files(s)]
@@ -163,7 +176,8 @@ def leaderboard(paths_or_frames, # a folder, CSV file or DataFrame, a list of th
     df['gain'], df['gain_std'] = [g for g, _ in gains], [s for _, s in gains]
     df['per_seed'] = [' / '.join(f"{v[k]:.2f}" for k in sorted(v)) if isinstance(v, dict) else '' for v in df.per_seed]
     first = {k: i for i, k in enumerate(dict.fromkeys(zip(df.setting, df.model)))}  # settings, then models, as read
-    df = df.assign(_o=[first[k] for k in zip(df.setting, df.model)]).sort_values(['_o', 'acc_mean'], ascending=[True, False], kind='stable')
+    df = df.assign(_o=[first[k] for k in zip(df.setting, df.model)])
+    df = df.sort_values(['_o', 'acc_mean'], ascending=[True, False], kind='stable')
     cols = ['setting', 'teacher', 'model', 'method', 'seeds', 'acc_mean', 'acc_std', 'gain', 'gain_std', 'params',
             'sec_per_epoch', 'per_seed', 'source', 'protocol']
     return df[cols].reset_index(drop=True)
@@ -176,15 +190,17 @@ def _pm(m, s, fmt='.2f'):
 def leaderboard_markdown(df:pd.DataFrame, # from `leaderboard`
                          command:str|None=None, # the command that wrote it
                         )->str:
-    "The leaderboard as markdown: a table per setting (by model, then accuracy), then the source files and their protocols"
+    "The leaderboard as markdown: a table per setting (by model, then accuracy), then the sources and their protocols"
     out = ['# Leaderboard: every method of kd_fastai side by side', '']
     if command: out += [f'Command: `{command}`', '']
-    out += ["Regenerated from the result CSVs listed at the end; nothing typed by hand. Accuracy: test set, mean ± sample "
-            "std over seeds (%). Gain: points over the baseline (the student trained alone) of the same setting and model; "
-            "its ± is the std of the per-seed differences, paired by seed, where the file has per-seed numbers. "
-            "sec/epoch: training time of one epoch on the machine (and load) of that file: compare within a setting.", '']
+    out += ["Regenerated from the result CSVs listed at the end; nothing typed by hand. Accuracy: test set, "
+            "mean ± sample std over seeds (%). Gain: points over the baseline (the student trained alone) of the same "
+            "setting and model; its ± is the std of the per-seed differences, paired by seed, where the file has "
+            "per-seed numbers. sec/epoch: training time of one epoch on the machine (and load) of that file: "
+            "compare within a setting.", '']
     for st, g in df.groupby('setting', sort=False):
-        out += [f'## {st}', '', f"Teacher: {g.teacher.iloc[0] or '-'}. Source: `{g.source.iloc[0]}` ({g.protocol.iloc[0]}).", '']
+        out += [f'## {st}', '',
+                f"Teacher: {g.teacher.iloc[0] or '-'}. Source: `{g.source.iloc[0]}` ({g.protocol.iloc[0]}).", '']
         t = pd.DataFrame({'model': g.model, 'method': g.method, 'seeds': g.seeds,
                           'accuracy (%)': [_pm(m, s) for m, s in zip(g.acc_mean, g.acc_std)],
                           'gain (pts)': [_pm(m, s, '+.2f') for m, s in zip(g.gain, g.gain_std)],
@@ -194,7 +210,8 @@ def leaderboard_markdown(df:pd.DataFrame, # from `leaderboard`
     src = df.drop_duplicates('source')
     out += ['## Sources', ''] + [f"- `{s}`: {p}" for s, p in zip(src.source, src.protocol)]
     if src.protocol.nunique() > 1:
-        out += ['', '**The protocols differ between files** (see above): compare gains within a setting, not accuracies across files.']
+        out += ['', '**The protocols differ between files** (see above): '
+                'compare gains within a setting, not accuracies across files.']
     return '\n'.join(out) + '\n'
 
 _MARKERS = 'osD^v<>pPXhH8d'  # one per method (then the same ones hollow); the teacher is '*'
@@ -208,7 +225,7 @@ def _short(v, pos=None)->str:
 def plot_leaderboard(df:pd.DataFrame, # from `leaderboard`
                      fname=None, # save the figure there (PNG) when given
                      title:str='kd_fastai leaderboard'):
-    "Two panels: accuracy vs parameters (log) and vs seconds per training epoch (log); colour = setting, marker = method"
+    "Two panels: accuracy vs parameters and vs seconds per training epoch (log); colour = setting, marker = method"
     import matplotlib
     if fname is not None: matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
@@ -230,7 +247,8 @@ def plot_leaderboard(df:pd.DataFrame, # from `leaderboard`
         ax.xaxis.set_major_formatter(FuncFormatter(_short))
     axs[0].set_ylabel('test accuracy (%)')
     hs = [Line2D([], [], color=c, marker='s', linestyle='none', label=s) for s, c in color.items()]
-    hm = [Line2D([], [], color='0.3', linestyle='none', label=m, **style[m]) for m in ['teacher'] * ('teacher' in set(df.method)) + methods]
+    hm = [Line2D([], [], color='0.3', linestyle='none', label=m, **style[m])
+          for m in ['teacher'] * ('teacher' in set(df.method)) + methods]
     fig.legend(handles=hs, title='setting (colour)', loc='upper left', bbox_to_anchor=(1.0, 0.98), fontsize=8)
     fig.legend(handles=hm, title='method (marker)', loc='lower left', bbox_to_anchor=(1.0, 0.02), fontsize=8, ncol=2)
     fig.suptitle(title); fig.tight_layout()

@@ -439,7 +439,8 @@ def build(jobs: int = 2, timeout: int = 1800, execute_nbs: bool = True) -> dict:
     for extra in DOCS.glob('*'):
         if extra.suffix in ('.css', '.js', '.md', '.png', '.svg'): shutil.copy2(extra, PAGES/extra.name)
     names = [conv.names[nb] for nb in nbs]
-    cfg = {'INHERIT': '../mkdocs.yml', 'docs_dir': 'pages', 'site_dir': '../_site', 'nav': nav(names)}
+    hand = sorted(f.name for f in DOCS.glob('*.md'))  # hand-written pages (docs/*.md) follow the notebooks
+    cfg = {'INHERIT': '../mkdocs.yml', 'docs_dir': 'pages', 'site_dir': '../_site', 'nav': nav(names) + hand}
     (BUILD/'mkdocs.yml').write_text(json.dumps(cfg, indent=1))  # JSON is YAML
     t2 = time.time()
     shutil.rmtree(SITE, ignore_errors=True)

@@ -46,10 +46,10 @@ class TeacherCacheMixin:
                    dtype=torch.float16, # storage dtype of the cached logits
                    topk:int|None=None, # store only the top-k classes (see `TeacherCache`)
                    topk_mode:str='uniform', # 'uniform' or 'renorm': what the classes outside the top-k get
-                   memory_budget:int=2**30, # bytes an in-memory cache may take: a larger one needs `path` (refused with its size)
+                   memory_budget:int=2**30, # bytes an in-memory cache may take (a larger one needs `path`)
                    fill_bs:int|None=None, # batch size of the fill pass (None: the training batch size on CPU, 4x it on CUDA)
                    verbose:bool=True, # print the cache reports
-                   data_id=None, # your name for the data (a version, a date): enters the data fingerprint (see `cache_fingerprint`)
+                   data_id=None, # your name for the data (a version, a date): enters the data fingerprint
                    refresh:bool=False, # rebuild the caches at the first fit instead of reusing those in `path`
                   ):
         "Check and store the cache settings (the teacher is already `self.teacher`)"
@@ -61,14 +61,15 @@ class TeacherCacheMixin:
         store_attr('views,view_seed,input_tol,dtype,topk,topk_mode,memory_budget,fill_bs,verbose,data_id,refresh')
         self.path = None if path is None else Path(path)
         self.caches, self.keys, self._loaders, self._replay = {}, None, {}, None
-        self._refreshed, self._unidentified, self._filled = set(), set(), set()  # kinds rebuilt / said unidentified / filled this fit
+        self._refreshed, self._unidentified, self._filled = set(), set(), set()  # rebuilt, said unidentified, filled this fit
 
     def _say(self, msg):
         if self.verbose: print(msg)
 
     def _cache(self, kind, dl, batches, n_keys, views=None):
         "The cache of `kind` ('train'/'valid') for `dl`: kept, loaded from disk, or filled from `batches`"
-        fp = cache_fingerprint(self.teacher, dl, self.dtype, self.topk, self.topk_mode, views, getattr(self, 'cache_what', None), self.data_id)
+        fp = cache_fingerprint(self.teacher, dl, self.dtype, self.topk, self.topk_mode, views, getattr(self, 'cache_what', None),
+                               self.data_id)
         old = self.caches.get(kind)
         if old is not None and old.fingerprint == fp and fp['data'] is not None: return old
         if is_distributed(): return self._shared_cache(kind, dl, batches, n_keys, fp)
@@ -102,16 +103,19 @@ class TeacherCacheMixin:
             except ValueError as e: warnings.warn(f"Not reusing the {kind} teacher cache: {e}. Rebuilding it.")
         if fp['data'] is None and kind not in self._unidentified:
             self._unidentified.add(kind)
-            warnings.warn(f"{type(self).__name__}: the {kind} data set ({type(dl.dataset).__name__}) cannot be fingerprinted "
-                          f"({data_identity(dl)[1]}), so its teacher cache cannot be matched to the data: it is refilled at every "
-                          "fit and never reused from disk. Pass data_id='...' (a name that changes whenever the data change) to keep it.")
+            warnings.warn(f"{type(self).__name__}: the {kind} data set ({type(dl.dataset).__name__}) cannot be "
+                          f"fingerprinted ({data_identity(dl)[1]}), so its teacher cache cannot be matched to the data: it is "
+                          "refilled at every fit and never reused from disk. Pass data_id='...' (a name that changes whenever "
+                          "the data change) to keep it.")
         own = getattr(self, 'cache_values', None)  # a method that stores more than the logits (its width: from the first batch)
         self.filling = kind  # `cache_values` may store other things for the validation set (MLKD: no strong views)
-        say = lambda c: self._say(f"Filling the {kind} teacher cache: {c.size_text()}, " + (f"memory-mapped in {c.path}" if c.on_disk else "in memory"))
-        try:  # classes and per-item shape from the teacher's first output (fastai's `dls.c` is no class count for every application)
+        where = lambda c: f"memory-mapped in {c.path}" if c.on_disk else "in memory"
+        say = lambda c: self._say(f"Filling the {kind} teacher cache: {c.size_text()}, {where(c)}")
+        try:  # classes and shape per item from the teacher's first output (fastai's `dls.c` is not always a class count)
             c = TeacherCache(n_keys, None, self.dtype, self.topk, self.topk_mode, path=folder, memory_budget=self.memory_budget,
                              fingerprint=fp, sig_dim=_SIG_DIM, pad_idx=padding_index(dl), announce=say)
-            c.fill(self.teacher, batches, device=self.dls.device, teacher_dtype=getattr(self, 'teacher_dtype', None) or self.teacher.dtype, output=own)
+            c.fill(self.teacher, batches, device=self.dls.device, output=own,
+                   teacher_dtype=getattr(self, 'teacher_dtype', None) or self.teacher.dtype)
         finally: self.__dict__.pop('filling', None)  # only during the fill
         self._refreshed.add(kind); self._filled.add(kind)
         self._say(f"Filled the {kind} teacher cache in {c.fill_seconds:.1f} s.")
@@ -119,7 +123,7 @@ class TeacherCacheMixin:
 
     def _batches(self, dl, replay=None):
         "`(xb, keys)` of every item of `dl` (of every view, when replaying), keys from the items' order"
-        if replay is None and padding_index(dl) is not None:  # padded texts: in batches of one length, each its own output
+        if replay is None and padding_index(dl) is not None:  # padded texts: batches of one length, each text's own output
             yield from unpadded_batches(dl)
             return
         order = ItemOrder(dl)
@@ -144,9 +148,9 @@ class TeacherCacheMixin:
         self.on_exit(self._forget)
         trn = self.dls.train  # under DDP a DistributedDL, which serves this rank's shard
         base = plain_dl(trn)  # the loader inside: its transforms, `new()` for the fill over every item
-        if unkeyed_reason(trn): raise ValueError(f"{type(self).__name__} cannot cache the teacher's outputs: {unkeyed_reason(trn)}. "
-                                                 "Use the callback without the cache (the live teacher).")
-        self._n_inp, self._filled = getattr(base, 'n_inp', 1), set()  # model inputs per batch (2 for fastai's tabular models)
+        if unkeyed_reason(trn): raise ValueError(f"{type(self).__name__} cannot cache the teacher's outputs: "
+                                                 f"{unkeyed_reason(trn)}. Use the callback without the cache (the live teacher).")
+        self._n_inp, self._filled = getattr(base, 'n_inp', 1), set()  # inputs per batch (2 for fastai's tabular models)
         why = [f"the callback {type(cb).__name__} mixes the images of each batch" for cb in self.learn.cbs if isinstance(cb, MixHandler)]
         rand = random_tfms(base)
         replay = self.views is not None and bool(rand)
@@ -202,33 +206,36 @@ class TeacherCacheMixin:
         return self.from_cache(out) if hasattr(self, 'from_cache') else out
 
     def cached_values(self, x):
-        "What the cache holds for the current batch's items, once `x` (their first model input, or all of them) is checked to be their inputs"
+        "What the cache holds for the batch's items, once `x` (their first model input, or all) is checked to be their inputs"
         cache = self.caches['train' if self.training else 'valid']
-        xs = x if isinstance(x, tuple) else (x, *self.xb[1:getattr(self, '_n_inp', 1)])  # every loader input (tabular: codes, values)
-        if len(self.keys) != len(xs[0]): raise RuntimeError(f"{type(self).__name__}: the batch holds {len(xs[0])} inputs but {len(self.keys)} items were expected.")
+        xs = x if isinstance(x, tuple) else (x, *self.xb[1:getattr(self, '_n_inp', 1)])  # every loader input (tabular: 2)
+        if len(self.keys) != len(xs[0]):
+            raise RuntimeError(f"{type(self).__name__}: the batch holds {len(xs[0])} inputs but {len(self.keys)} items were expected.")
         if self.input_tol is not None:
             bad = cache.input_mismatch(self.keys, xs, self.input_tol)
             if bad.any(): self._mismatch(int(bad.sum()), len(bad))
         return cache.lookup(self.keys, device=self.pred.device)
 
     def _mismatch(self, n_bad, n):
-        "Stop the fit: the inputs of this batch are not those the cached outputs belong to; the likely causes, most likely first"
+        "Stop the fit: the inputs of this batch are not those of the cached outputs; the likely causes, most likely first"
         kind = 'train' if self.training else 'valid'
         cache, why = self.caches[kind], []
         cbs = [type(cb).__name__ for cb in self.learn.cbs if cb is not self and 'before_batch' in type(cb).__dict__
                and not type(cb).__module__.startswith('fastai.')]
         if kind not in self._filled:  # not filled in this fit: made from the data as they were then
             made = f"loaded from {cache.path}" if cache.fill_seconds is None else "kept from an earlier fit"
-            why.append(f"a stale cache: this {kind} cache was {made}, made from other data that its fingerprint could not tell "
-                       "apart (it sees a sample of what the items give, and files by size and modification time)")
+            why.append(f"a stale cache: this {kind} cache was {made}, made from other data that its fingerprint could not "
+                       "tell apart (it sees a sample of what the items give, and files by size and modification time)")
         why += ["a random item transform or data set that draws random numbers outside fastai's RandTransforms",
-                "a callback that augments or replaces learn.xb" + (f" (callbacks with a before_batch: {', '.join(cbs)})" if cbs else ''),
+                "a callback that augments or replaces learn.xb" +
+                (f" (callbacks with a before_batch: {', '.join(cbs)})" if cbs else ''),
                 "batches that do not follow the loader's get_idxs order (a custom loader or sampler)"]
-        raise RuntimeError(f"{type(self).__name__}: {n_bad} of the {n} inputs of this {'training' if self.training else 'validation'} batch "
-                           "differ from the inputs the cached teacher outputs were computed on, so they would be paired with the "
-                           "wrong teacher outputs. Likely causes: " + '; '.join(f"({i}) {w}" for i, w in enumerate(why, 1)) +
-                           ". Fix the cause, then rebuild the cache: refresh=True" + (f" (or delete {self.path})" if self.path else '') +
-                           "; move an augmentation into the loader (views=... if it supports replay); or use KDCallback (the live teacher).")
+        raise RuntimeError(f"{type(self).__name__}: {n_bad} of the {n} inputs of this "
+                           f"{'training' if self.training else 'validation'} batch differ from the inputs the cached teacher "
+                           "outputs were computed on, so they would be paired with the wrong teacher outputs. Likely causes: " +
+                           '; '.join(f"({i}) {w}" for i, w in enumerate(why, 1)) + ". Fix the cause, then rebuild the cache: "
+                           "refresh=True" + (f" (or delete {self.path})" if self.path else '') + "; move an augmentation into "
+                           "the loader (views=... if it supports replay); or use KDCallback (the live teacher).")
 
 CACHE_ARGS = tuple(list(inspect.signature(TeacherCacheMixin.init_cache).parameters)[1:])  # the cache's own arguments
 
@@ -248,7 +255,7 @@ class CachedKDCallback(TeacherCacheMixin, KDCallback):
                  dtype=torch.float16, # storage dtype of the cached logits
                  topk:int|None=None, # store only the top-k classes (see `TeacherCache`)
                  topk_mode:str='uniform', # 'uniform' or 'renorm': what the classes outside the top-k get
-                 memory_budget:int=2**30, # bytes an in-memory cache may take: a larger one needs `path` (refused with its size)
+                 memory_budget:int=2**30, # bytes an in-memory cache may take (a larger one needs `path`)
                  fill_bs:int|None=None, # batch size of the fill pass (None: the training batch size on CPU, 4x it on CUDA)
                  teacher_dtype=None, # autocast dtype of the teacher (fill and live fallback), e.g. torch.bfloat16
                  verbose:bool=True, # print the cache reports

@@ -36,7 +36,7 @@ def cache_layout(n_items:int, n_classes:int, dtype=torch.float16, topk:int|None=
                  sig_dim:int=0, # floats per key of the input signature (0: none)
                  item_shape:tuple=(), # each item's output dims after the class dim (H, W of B x C x H x W logits)
                 )->dict:
-    "Arrays of a cache: `{name: (shape, dtype)}`, full logits or top-k values + class indices (along the class dim), and input signatures"
+    "Arrays of a cache `{name: (shape, dtype)}`: full logits or top-k values + class indices (along dim 1), signatures"
     dtype, s = _as_cache_dtype(dtype), tuple(item_shape)
     sig = {'signature': ((n_items, sig_dim), torch.float32)} if sig_dim else {}
     if topk is None: return {'logits': ((n_items, n_classes, *s), dtype), **sig}
@@ -44,7 +44,8 @@ def cache_layout(n_items:int, n_classes:int, dtype=torch.float16, topk:int|None=
         raise ValueError(f"topk must be an integer in 1..{n_classes-1} (fewer than the {n_classes} classes), or None for all logits; got {topk!r}")
     return {'values': ((n_items, topk, *s), dtype), 'indices': ((n_items, topk, *s), _index_dtype(n_classes)), **sig}
 
-def cache_nbytes(n_items:int, n_classes:int, dtype=torch.float16, topk:int|None=None, sig_dim:int=0, item_shape:tuple=())->int:
+def cache_nbytes(n_items:int, n_classes:int, dtype=torch.float16, topk:int|None=None, sig_dim:int=0,
+                 item_shape:tuple=())->int:
     "Bytes a cache of `n_items` teacher outputs over `n_classes` classes (at each position of `item_shape`) takes"
     return sum(math.prod(s) * torch.empty(0, dtype=d).element_size()
                for s, d in cache_layout(n_items, n_classes, dtype, topk, sig_dim, item_shape).values())
@@ -55,13 +56,13 @@ def _fmt_bytes(n):
         n /= 1024
 
 # %% ../../nbs/20_cache.store.ipynb #5880b4f9
-_FULL_HASH = 2**28  # bytes of a data tensor hashed in full; a larger one: a strided sample of about this many bytes + its shape
+_FULL_HASH = 2**28  # bytes of a data tensor hashed in full; a larger one: a strided sample of about as many + its shape
 _SAMPLE = 64  # items whose produced content enters the fingerprint of a data set that its items do not identify
 
 def _digest(*parts)->str:
     h = hashlib.blake2b(digest_size=16)
     for p in parts:
-        if isinstance(p, np.ndarray) and p.dtype != object: p = torch.from_numpy(np.array(p))  # a copy: also read-only arrays
+        if isinstance(p, np.ndarray) and p.dtype != object: p = torch.from_numpy(np.array(p))  # a copy: read-only too
         if isinstance(p, torch.Tensor):
             t = p.detach().cpu().as_subclass(torch.Tensor).contiguous()
             if t.dtype == torch.bfloat16: t = t.view(torch.int16)
@@ -116,16 +117,17 @@ def _frame_hash(df)->torch.Tensor:
     import pandas as pd
     try: h = pd.util.hash_pandas_object(df, index=True)
     except TypeError:  # unhashable cells (lists, arrays)
-        cell = lambda v: repr(list(v)) if isinstance(v, (list, tuple, np.ndarray, torch.Tensor)) or type(v).__name__ == 'L' else v
+        listy = lambda v: isinstance(v, (list, tuple, np.ndarray, torch.Tensor)) or type(v).__name__ == 'L'
+        cell = lambda v: repr(list(v)) if listy(v) else v
         h = pd.util.hash_pandas_object(df.apply(lambda c: c.map(cell) if c.dtype == object else c), index=True)
     return torch.as_tensor(h.to_numpy().astype(np.int64))
 
 def _is_file(o): return isinstance(o, (str, Path)) and len(str(o)) < 4096 and os.path.isfile(o)
 
 def _item_parts(items):
-    "Per-item hash input (tensor bytes, a file's path + size + modification time, else the item's repr), and whether it identifies the content"
+    "Per-item hash input (tensor bytes, a file's path + size + mtime, else its repr), and whether it identifies the content"
     if isinstance(items, torch.Tensor): return [items], True
-    if hasattr(items, 'to_numpy') and hasattr(items, 'columns'): return [_frame_hash(items)], False  # a DataFrame: file names, ids...
+    if hasattr(items, 'to_numpy') and hasattr(items, 'columns'): return [_frame_hash(items)], False  # names, ids, texts...
     res, whole = [], True
     for o in items:
         if isinstance(o, (torch.Tensor, np.ndarray)): res.append(torch.as_tensor(o))
@@ -138,7 +140,7 @@ def _item_parts(items):
 class _NoIdentity(Exception): "What an item gives has no stable description"
 
 def _content(o)->list:
-    "Hash input of what an item gives: tensor, array and image bytes, plain values, objects' attributes; else `_NoIdentity`"
+    "Hash input of what an item gives: tensor, array, image bytes, plain values, objects' attributes; else `_NoIdentity`"
     if isinstance(o, (torch.Tensor, np.ndarray)): return [o if o.dtype != object else repr(o.tolist())]
     if hasattr(o, 'getdata') and hasattr(o, 'mode'): return [o.mode, np.asarray(o)]  # a PIL image
     if o is None or isinstance(o, (bool, int, float, str, bytes, Path, np.generic)): return [repr(o)]
@@ -148,7 +150,7 @@ def _content(o)->list:
     return [repr(describe_params(o))]  # its class and attributes
 
 def _sample_parts(ds, n:int, n_sample:int=_SAMPLE)->list:
-    "What up to `n_sample` evenly spaced items of `ds` give (all of them when `n <= n_sample`); random states are restored"
+    "What up to `n_sample` evenly spaced items of `ds` give (all when `n <= n_sample`); random states are restored"
     idxs = sorted(set(np.linspace(0, n - 1, min(n, n_sample)).round().astype(int).tolist())) if n else []
     py, npy = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
@@ -156,13 +158,16 @@ def _sample_parts(ds, n:int, n_sample:int=_SAMPLE)->list:
         finally: random.setstate(py); np.random.set_state(npy)
 
 def data_identity(dl, n_sample:int=_SAMPLE)->tuple:
-    "`(digest, how)`: a hash of the content of the data set of `dl` and how it was made; `(None, why)` when none can be made"
+    "`(digest, how)`: a hash of the content of the data set of `dl` and how it was made; `(None, why)` if there is none"
     ds = dl.dataset
     x, y = getattr(ds, 'x', None), getattr(ds, 'y', None)
     if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor): return _digest(x, y), 'image and label tensors'
     ts = getattr(ds, 'tensors', None)  # torch's TensorDataset
     if isinstance(ts, (tuple, list)) and ts and all(isinstance(t, torch.Tensor) for t in ts):
         big = [t for t in ts if t.nbytes > _FULL_HASH]
+        if big: warnings.warn(f"{type(ds).__name__}: tensors over {_fmt_bytes(_FULL_HASH)} are fingerprinted through a strided "
+                              "sample of their numbers (a change between the sampled ones is not seen): name the data with "
+                              "data_id=, or pass refresh=True after changing them.")
         parts = [_digest(t) if t.nbytes <= _FULL_HASH else
                  ('strided', tuple(t.shape), _digest(t.reshape(-1)[::math.ceil(t.nbytes / _FULL_HASH)])) for t in ts]
         return _digest(len(ds), *parts), 'tensor bytes' + (' (a strided sample of the largest)' if big else '')
@@ -174,7 +179,8 @@ def data_identity(dl, n_sample:int=_SAMPLE)->tuple:
         tab = hasattr(ds, 'cat_names') and hasattr(ds, 'cont_names')  # fastai's tabular data: the frame is the content
         if whole or tab: return _digest(n, *ip), 'items'
         parts += ip
-    if not callable(getattr(ds, '__getitem__', None)): return None, f"{type(ds).__name__} has neither content items nor __getitem__"
+    if not callable(getattr(ds, '__getitem__', None)):
+        return None, f"{type(ds).__name__} has neither content items nor __getitem__"
     try: parts += _sample_parts(ds, n, n_sample)
     except _NoIdentity as e: return None, f"its items give {e}"
     except Exception as e: return None, f"reading sample items failed ({type(e).__name__}: {e})"
@@ -197,7 +203,7 @@ def transform_fingerprint(dl)->str:
 def cache_fingerprint(teacher, dl, dtype=torch.float16, topk=None, topk_mode='uniform',
                       views=None, # description of replayed augmented views (number, seed, transforms), if any
                       output=None, # description of what is stored when it is not the teacher's logits (e.g. SDD's regional logits)
-                      data_id=None, # the user's name for the data (a version...), hashed with the data's own fingerprint
+                      data_id=None, # the user's name for the data (a version...), hashed with their fingerprint
                      )->dict:
     "What a cache of `teacher`'s outputs on `dl` depends on: `{teacher, data, transforms, storage}` digests"
     extra = () if output is None else (output,)  # logit caches keep the digest they always had
@@ -212,7 +218,7 @@ _MOD = 16777213  # a prime below 2**24: token hashes modulo it are exact in floa
 _POW = {}  # powers of each hash base modulo _MOD, by (base, device)
 
 def _sequence_signature(x:torch.Tensor, dim:int, pad_idx:int)->torch.Tensor:
-    "Per row of token ids `x` [B, L]: `dim-1` polynomial hashes of its tokens with the padding removed, then 0 (no tolerance)"
+    "Per row of token ids `x` [B, L]: `dim-1` polynomial hashes of its tokens without padding, then 0 (no tolerance)"
     x = x.detach().long()
     keep = x != pad_idx
     pos = (keep.cumsum(1) - 1).clamp_min(0)  # each token's place in the unpadded text: the same in any batch
@@ -227,12 +233,13 @@ def _sequence_signature(x:torch.Tensor, dim:int, pad_idx:int)->torch.Tensor:
     return torch.cat([torch.stack(out, 1).float(), torch.zeros(len(x), 1, device=x.device)], 1)
 
 def input_signature(x, dim:int=4,
-                    pad_idx:int|None=None, # padding token of padded token sequences (fastai text batches), None: no padding
+                    pad_idx:int|None=None, # padding token of padded token sequences (fastai's text batches)
                    )->torch.Tensor:
-    "Float32 [B, dim] per item of `x` [B, ...] (or of a tuple of model inputs): `dim-1` fixed random projections and the RMS"
+    "Float32 [B, dim] per item of `x` [B, ...] (or of a tuple of inputs): `dim-1` fixed random projections and the RMS"
     if dim < 2: raise ValueError(f"an input signature needs dim >= 2 (projections + RMS), got {dim}")
     xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
-    if pad_idx is not None and len(xs) == 1 and not xs[0].is_floating_point(): return _sequence_signature(xs[0], dim, pad_idx)
+    if pad_idx is not None and len(xs) == 1 and not xs[0].is_floating_point():
+        return _sequence_signature(xs[0], dim, pad_idx)
     with torch.autocast(xs[0].device.type, enabled=False), torch.inference_mode(False):
         f = torch.cat([t.detach().reshape(len(t), -1).float() for t in xs], 1)  # one input: its flattened items
         key = (f.shape[1], dim, str(f.device))
@@ -247,9 +254,9 @@ class TeacherCache:
     "Teacher logits for `n_items` keys: fp16 (or top-k) storage in memory or in memory-mapped files, with a fingerprint"
     def __init__(self,
                  n_items:int, # number of keys (items, or items x views)
-                 n_classes:int|None=None, # classes; None: taken (with `item_shape`) from the teacher's first output in `fill`
+                 n_classes:int|None=None, # classes; None: from the teacher's first output in `fill` (with `item_shape`)
                  dtype=torch.float16, # storage dtype of the values: float16, bfloat16 or float32
-                 topk:int|None=None, # keep only the top-k classes per item (per position of dense outputs); None: all logits
+                 topk:int|None=None, # keep only the top-k classes per item (per pixel of dense outputs); None: all
                  topk_mode:str='uniform', # rest of the mass: 'uniform' (spread over the other classes) or 'renorm'
                  path=None, # folder for memory-mapped storage (None: in memory, up to `memory_budget`)
                  memory_budget:int=2**30, # bytes an in-memory cache may take: a larger one without `path` is refused
@@ -290,14 +297,16 @@ class TeacherCache:
 
     def _too_big(self)->str:
         "Why this cache is not made in memory, with its size and smaller settings"
-        c, size = self.n_classes, lambda **kw: cache_nbytes(**{**dict(n_items=self.n_items, n_classes=self.n_classes, dtype=self.dtype,
-                  topk=self.topk, sig_dim=self.sig_dim, item_shape=self.item_shape), **kw})
-        k = min(3 if self.item_shape else 5, c - 1)
+        now = dict(n_items=self.n_items, n_classes=self.n_classes, dtype=self.dtype, topk=self.topk, sig_dim=self.sig_dim,
+                   item_shape=self.item_shape)
+        size = lambda **kw: cache_nbytes(**{**now, **kw})
+        k = min(3 if self.item_shape else 5, self.n_classes - 1)
         alt = [f"{a}={v!r} ({_fmt_bytes(size(**{a: v}))})" for a, v in (('topk', k), ('dtype', 'fp16'))
                if (a == 'dtype' or (self.topk is None and k >= 1)) and size(**{a: v}) < self.nbytes]
-        return (f"The teacher cache would take {self.size_text()}, more than memory_budget={_fmt_bytes(self.memory_budget)}, and "
-                f"no path was given: pass path= (a folder for memory-mapped files, with {_fmt_bytes(self.nbytes)} free), raise "
-                "memory_budget" + (", or store less: " + ' or '.join(alt) if alt else '') + ".")
+        return (f"The teacher cache would take {self.size_text()}, more than memory_budget="
+                f"{_fmt_bytes(self.memory_budget)}, and no path was given: pass path= (a folder for memory-mapped files, "
+                f"with {_fmt_bytes(self.nbytes)} free), raise memory_budget" +
+                (", or store less: " + ' or '.join(alt) if alt else '') + ".")
 
     def _map(self, fn, shape, dtype, mode):
         "A tensor over the memory-mapped file `fn`"
@@ -309,23 +318,25 @@ class TeacherCache:
     def store(self, keys, logits:torch.Tensor, x=None):
         "Write the teacher `logits` [B, C, ...] of `keys` (and the signatures of their inputs `x`, a tensor or a tuple)"
         if self.n_classes is None:
-            if logits.ndim < 2: raise ValueError(f"The teacher output has shape {tuple(logits.shape)}: the cache needs (batch, classes, ...).")
+            if logits.ndim < 2:
+                raise ValueError(f"The teacher output has shape {tuple(logits.shape)}: the cache needs (batch, classes, ...).")
             self.n_classes, self.item_shape = logits.shape[1], tuple(logits.shape[2:])
             self._allocate()
             if self.announce is not None: self.announce(self)
         want = (self.n_classes, *self.item_shape)
         if tuple(logits.shape[1:]) != want:
-            raise ValueError(f"The teacher output has shape {tuple(logits.shape)}, expected (batch, {', '.join(map(str, want))}): "
-                             "the cache holds one output of a fixed shape per item.")
+            raise ValueError(f"The teacher output has shape {tuple(logits.shape)}, expected (batch, "
+                             f"{', '.join(map(str, want))}): the cache holds one output of a fixed shape per item.")
         keys, logits = torch.as_tensor(keys).cpu().long(), logits.detach().float().cpu()
         if self.topk is None: self.arrays['logits'][keys] = logits.to(self.dtype)
         else:
             v, i = torch.log_softmax(logits, 1).topk(self.topk, 1)  # along the class dim
             self.arrays['values'][keys], self.arrays['indices'][keys] = v.to(self.dtype), i.to(self.arrays['indices'].dtype)
-        if self.sig_dim and x is not None: self.arrays['signature'][keys] = input_signature(x, self.sig_dim, self.pad_idx).cpu()
+        if self.sig_dim and x is not None:
+            self.arrays['signature'][keys] = input_signature(x, self.sig_dim, self.pad_idx).cpu()
 
     def input_mismatch(self, keys, x, tol:float=1e-2)->torch.Tensor:
-        "Bool [len(keys)]: inputs `x` (a tensor or a tuple) that differ from those the teacher saw at fill (by more than `tol` of their RMS)"
+        "Bool [len(keys)]: inputs `x` (a tensor or a tuple) that differ from those the teacher saw (by over `tol` of their RMS)"
         if not self.sig_dim: raise RuntimeError("This TeacherCache keeps no input signatures (sig_dim=0).")
         sig = input_signature(x, self.sig_dim, self.pad_idx)
         ref = self.arrays['signature'][torch.as_tensor(keys).cpu().long()].to(sig.device)
@@ -381,9 +392,10 @@ class TeacherCache:
         if self.on_disk: self._write_meta()
         return self
 
-    def _meta(self): return dict(version=1, n_items=self.n_items, n_classes=self.n_classes, dtype=str(self.dtype).replace('torch.', ''),
-                                 topk=self.topk, topk_mode=self.topk_mode, fingerprint=self.fingerprint, nbytes=self.nbytes,
-                                 sig_dim=self.sig_dim, item_shape=list(self.item_shape), pad_idx=self.pad_idx)
+    def _meta(self): return dict(version=1, n_items=self.n_items, n_classes=self.n_classes,
+                                 dtype=str(self.dtype).replace('torch.', ''), topk=self.topk, topk_mode=self.topk_mode,
+                                 fingerprint=self.fingerprint, nbytes=self.nbytes, sig_dim=self.sig_dim,
+                                 item_shape=list(self.item_shape), pad_idx=self.pad_idx)
     def _write_meta(self):
         for mm in self._mmaps: mm.flush()
         tmp = self.path/'meta.json.tmp'
@@ -427,10 +439,12 @@ class TeacherCache:
     def size_text(self)->str:
         "What is stored and its size: items x classes (x positions) x bytes = total (per item)"
         if self.n_classes is None: return f"{self.n_items} items, size known once the number of classes is"
-        itemsize = torch.empty(0, dtype=self.dtype).element_size()
-        pos = ''.join(f" x {s}" for s in self.item_shape)
-        what = (f"{self.n_items} items x {self.n_classes} classes{pos} x {itemsize} bytes ({str(self.dtype).replace('torch.', '')})" if self.topk is None else
-                f"{self.n_items} items x top-{self.topk}{pos} x ({itemsize}+{torch.empty(0, dtype=_index_dtype(self.n_classes)).element_size()}) bytes ({self.topk_mode})")
+        itemsize, pos = torch.empty(0, dtype=self.dtype).element_size(), ''.join(f" x {s}" for s in self.item_shape)
+        if self.topk is None:
+            what = f"{self.n_items} items x {self.n_classes} classes{pos} x {itemsize} bytes ({str(self.dtype)[6:]})"
+        else:
+            isize = torch.empty(0, dtype=_index_dtype(self.n_classes)).element_size()
+            what = f"{self.n_items} items x top-{self.topk}{pos} x ({itemsize}+{isize}) bytes ({self.topk_mode})"
         if self.sig_dim: what += f" + {self.sig_dim} x 4 bytes of input signature"
         return f"{what} = {_fmt_bytes(self.nbytes)} ({_fmt_bytes(self.nbytes / max(self.n_items, 1))} per item)"
 

@@ -23,14 +23,15 @@ def unkeyed_reason(dl)->str|None:
     "Why the batches of `dl` cannot be matched to data set items (None: they can, through `ItemOrder`)"
     base = plain_dl(dl)
     if any(c.__name__ == 'LMDataLoader' for c in type(base).__mro__):
-        return (f"{type(dl).__name__} is a language-model loader: it concatenates the (shuffled) texts into one stream and cuts "
-                "it into rows anew every pass, so a row is no data set item and has no fixed teacher output")
+        return (f"{type(dl).__name__} is a language-model loader: it concatenates the (shuffled) texts into one stream "
+                "and cuts it into rows anew every pass, so a row is no data set item and has no fixed teacher output")
     if not getattr(base, 'indexed', True) or getattr(base, 'n', None) is None:
-        return f"{type(dl).__name__} iterates a data set without indices (or of unknown length): its batches cannot be matched to items"
+        return (f"{type(dl).__name__} iterates a data set without indices (or of unknown length): its batches cannot be "
+                "matched to items")
     return None
 
 def padding_index(dl)->int|None:
-    "The padding token of a loader that pads token sequences to the batch's longest (fastai's text classifiers), else None"
+    "The padding token of a loader that pads token sequences to the batch's longest (fastai's text classifiers) or None"
     for f in getattr(getattr(plain_dl(dl), 'before_batch', None), 'fs', None) or []:
         if isinstance(getattr(f, 'pad_idx', None), int): return f.pad_idx
     return None
@@ -81,11 +82,12 @@ class ItemOrder:
         self.last = items
         return items
 
-# %% ../../nbs/21_cache.views.ipynb #5ce1d855
+# %% ../../nbs/21_cache.views.ipynb #f7626ea4
 def unpadded_batches(dl, bs:int|None=None)->'Iterator':
-    "`(xb, keys)` covering every item of the padding loader `dl` once, in batches of texts of one length: nothing is padded"
+    "`(xb, keys)` covering every item of the padding loader `dl` once, in batches of texts of one length (no padding)"
     n_inp = getattr(dl, 'n_inp', 1)
-    if getattr(getattr(dl, 'sort_func', None), '__name__', None) == '_default_sort' and len(getattr(dl, 'res', ())) == dl.n:
+    sort = getattr(getattr(dl, 'sort_func', None), '__name__', None)
+    if sort == '_default_sort' and len(getattr(dl, 'res', ())) == dl.n:
         lens = torch.as_tensor(dl.res)  # fastai's SortedDL: the length of each item's text
     else: lens = torch.tensor([len(dl.do_item(i)[0]) for i in range(dl.n)])
     order = torch.sort(lens, stable=True).indices

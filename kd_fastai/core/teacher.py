@@ -64,7 +64,7 @@ def as_module(model, # an `nn.Module`, a `Learner`, a file path, or a kd_fastai 
     raise TypeError(f"The {what} must be an nn.Module, a fastai Learner or the path of a saved model, "
                     f"got {type(model).__name__}{hint}.")
 
-# %% ../../nbs/10_core.teacher.ipynb #c95b303e
+# %% ../../nbs/10_core.teacher.ipynb #c8b99a3c
 class TeacherInputError(ValueError):
     "A teacher that cannot take its inputs (or an input adapter that cannot make them)"
 
@@ -96,8 +96,9 @@ def student_stats(dls)->tuple:
         return tuple((torch.as_tensor(v).flatten().double().cpu() * scale).tolist() for v in (n.mean, n.std))
     if not norms and ints: return ((0.,), (scale,))
     found = ', '.join(type(f).__name__ for f in fs) or 'none'
-    raise ValueError(f"Cannot tell how the student's inputs are normalised (batch transforms: {found}; one fastai Normalize "
-                     "expected): give the adapter the student's statistics, TeacherInputs(..., from_stats=(mean, std)).")
+    raise ValueError(f"Cannot tell how the student's inputs are normalised (batch transforms: {found}; one fastai "
+                     "Normalize expected): give the adapter the student's statistics, "
+                     "TeacherInputs(..., from_stats=(mean, std)).")
 
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luminance weights (RGB -> gray)
 
@@ -106,8 +107,8 @@ class TeacherInputs:
     def __init__(self,
                  size=None, # the teacher's input size: int or (h, w), bilinear; None: the student's size
                  channels:int|None=None, # the teacher's channels: 1 -> C repeats gray images, 3 -> 1 takes luminance
-                 stats=None, # (mean, std) the teacher was trained with, e.g. fastai's `imagenet_stats`; None: the student's
-                 from_stats=None, # (mean, std) of the student's inputs; None: its loaders' `Normalize` at the fit's start
+                 stats=None, # (mean, std) the teacher was trained with, e.g. `imagenet_stats`; None: the student's
+                 from_stats=None, # (mean, std) of the student's inputs; None: its loaders' `Normalize`, at the fit
                  mode:str='bilinear', # `F.interpolate` mode of the resize
                  antialias:bool=False, # antialiased resize (bilinear/bicubic: for large reductions)
                 ):
@@ -118,7 +119,8 @@ class TeacherInputs:
         self._affine = {}
 
     def __repr__(self):
-        args = [f'{k}={v!r}' for k in ('size', 'channels', 'stats', 'from_stats') if (v := getattr(self, k)) is not None]
+        shown = [k for k in ('size', 'channels', 'stats', 'from_stats') if getattr(self, k) is not None]
+        args = [f'{k}={getattr(self, k)!r}' for k in shown]
         return f"TeacherInputs({', '.join(args)})"
 
     def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k != '_affine'}  # no device tensors
@@ -141,9 +143,11 @@ class TeacherInputs:
             def per(v, c, what):
                 if len(v) not in (1, c): raise ValueError(f"{self!r}: {what} has {len(v)} values for {c} channels.")
                 return torch.tensor(v if len(v) == c else v * c, dtype=torch.float64)
-            sm, ss, tm, ts = per(sm, c_in, 'from_stats'), per(ss, c_in, 'from_stats'), per(tm, c_out, 'stats'), per(ts, c_out, 'stats')
+            sm, ss = per(sm, c_in, 'from_stats'), per(ss, c_in, 'from_stats')
+            tm, ts = per(tm, c_out, 'stats'), per(ts, c_out, 'stats')
             # pixels p = x * ss + sm; the teacher's channels mix them (identity, repeat, luminance); then (q - tm) / ts
-            mix = torch.tensor([_GRAY]) if (c_in, c_out) == (3, 1) else torch.ones(c_out, 1) if c_in == 1 else torch.eye(c_in)
+            mix = (torch.tensor([_GRAY]) if (c_in, c_out) == (3, 1) else torch.ones(c_out, 1) if c_in == 1
+                   else torch.eye(c_in))
             w, b = mix * ss / ts[:, None], ((mix * sm).sum(1) - tm) / ts
             self._affine[key] = (w.float().to(device), b.float().to(device).view(1, -1, 1, 1))
         return self._affine[key]
@@ -158,19 +162,21 @@ class TeacherInputs:
             raise TeacherInputError(f"{self!r} can repeat 1 channel to {c_out} or turn 3 channels to gray, "
                                     f"not {c_in} channels to {c_out}.")
         if self.needs_stats:
-            raise TeacherInputError(f"{self!r} re-normalises from the student's statistics, which it does not know yet: the "
-                                    "callbacks read them from the loaders when the fit starts (`FrozenTeacher.check_inputs`"
-                                    "(xb, dls)); otherwise pass them, TeacherInputs(..., from_stats=(mean, std)), or use "
+            raise TeacherInputError(f"{self!r} re-normalises from the student's statistics, which it does not know "
+                                    "yet: the callbacks read them from the loaders when the fit starts "
+                                    "(`FrozenTeacher.check_inputs(xb, dls)`); otherwise pass them, "
+                                    "TeacherInputs(..., from_stats=(mean, std)), or use "
                                     "TeacherInputs(...).for_dls(dls).")
         if (c_in, c_out) == (3, 1) and self.stats is None:
-            raise TeacherInputError(f"{self!r}: gray images from RGB ones need the teacher's statistics, stats=(mean, std).")
+            raise TeacherInputError(f"{self!r}: gray images from RGB ones need the teacher's statistics, "
+                                    "stats=(mean, std).")
         if not x.is_floating_point(): x = x.float()
         grow = self.size is not None and self.size[0] * self.size[1] > x.shape[-2] * x.shape[-1]
-        if c_out > c_in or not grow: x = self._resize(x)  # resize where the tensor is smallest: fewer channels or pixels
+        if c_out > c_in or not grow: x = self._resize(x)  # resize where the tensor is smallest: fewer channels/pixels
         if self.stats is not None or c_out != c_in:
             w, b = self._weights(c_in, c_out, x.device)
             if c_in == c_out: x = x * w.diagonal().view(1, -1, 1, 1).to(x.dtype) + b.to(x.dtype)
-            elif c_in == 1: x = x * w.view(1, -1, 1, 1).to(x.dtype) + b.to(x.dtype)  # broadcast: the repeat costs nothing more
+            elif c_in == 1: x = x * w.view(1, -1, 1, 1).to(x.dtype) + b.to(x.dtype)  # broadcast: repeated for free
             else: x = torch.einsum('bchw,oc->bohw', x, w.to(x.dtype)) + b.to(x.dtype)
         if c_out <= c_in and grow: x = self._resize(x)
         return x
@@ -181,7 +187,7 @@ class TeacherInputs:
         return F.interpolate(x, size=self.size, mode=self.mode, align_corners=False if smooth else None,
                              antialias=self.antialias and smooth)
 
-# %% ../../nbs/10_core.teacher.ipynb #0bc80d11
+# %% ../../nbs/10_core.teacher.ipynb #d3c49252
 _SHAPE_WORDS = ('size', 'shape', 'channel', 'mat1 and mat2', "doesn't match", 'dimension')
 
 def _first_conv(model):
@@ -192,7 +198,8 @@ def _made_for(model)->tuple|None:
     "The (H, W) a model takes: a fixed patch-embedding size (timm's ViTs), else the size timm's `pretrained_cfg` names"
     for m in model.modules():
         size = getattr(m, 'img_size', None)
-        if isinstance(size, (tuple, list)) and len(size) == 2 and not getattr(m, 'dynamic_img_size', False): return tuple(size)
+        fixed = isinstance(size, (tuple, list)) and len(size) == 2 and not getattr(m, 'dynamic_img_size', False)
+        if fixed: return tuple(size)
     for m in model.modules():
         cfg = getattr(m, 'pretrained_cfg', None) or getattr(m, 'default_cfg', None)
         if isinstance(cfg, dict) and cfg.get('input_size'): return tuple(cfg['input_size'][1:])
@@ -202,24 +209,25 @@ def input_error(teacher, # the `FrozenTeacher` that failed
                 shape, # shape of the batch it was given (before its adapter)
                 e:Exception, # the error of its forward pass
                )->str|None:
-    "The message of a teacher that cannot take its inputs, with the adapter that fixes it; None when the error is not about them"
+    "The message of a teacher that cannot take its inputs, with the adapter that fixes it; None for other errors"
     msg, seen = str(e), (teacher._saved or {}).get('seen', shape)
     conv = _first_conv(teacher.model)
-    channels = conv is not None and seen is not None and len(seen) == conv[1].weight.dim() and seen[1] != conv[1].in_channels
+    c_in = None if conv is None else conv[1].in_channels
+    channels = conv is not None and seen is not None and len(seen) == conv[1].weight.dim() and seen[1] != c_in
     if not channels and not any(w in msg for w in _SHAPE_WORDS): return None
     tfms = teacher.inputs
     got = f"the student's batch as it is, {shape} (no input adapter)" if tfms is None else \
           f"{seen} from the student's {shape} through its input adapter {tfms!r}"
     if channels:
-        why, sugg = f"its first convolution {conv[0]!r} takes {conv[1].in_channels} channels", [f'channels={conv[1].in_channels}']
+        why, sugg = f"its first convolution {conv[0]!r} takes {c_in} channels", [f'channels={c_in}']
     else:
         size = _made_for(teacher.model)
         why = "its layers expect another input size" + (f" ({size[0]}x{size[1]})" if size else '')
         sugg = [f"size={(size[0] if size[0] == size[1] else size) if size else '<the size it was trained on>'}"]
     sugg = f"TeacherInputs({', '.join(sugg + ['stats=<its (mean, std), e.g. imagenet_stats>'])})"
-    return (f"The teacher ({type(teacher.model).__name__}) cannot take its inputs: it got {got}, and {why}. Give it its own "
-            f"inputs: teacher_tfms={sugg} where a callback takes it, or FrozenTeacher(teacher, tfms={sugg}); leave stats "
-            f"out if it was trained with the student's normalisation. The error was: {msg}")
+    return (f"The teacher ({type(teacher.model).__name__}) cannot take its inputs: it got {got}, and {why}. Give it "
+            f"its own inputs: teacher_tfms={sugg} where a callback takes it, or FrozenTeacher(teacher, tfms={sugg}); "
+            f"leave stats out if it was trained with the student's normalisation. The error was: {msg}")
 
 # %% ../../nbs/10_core.teacher.ipynb #6a1a9e0f
 def first_output(out):
@@ -235,12 +243,13 @@ class FrozenTeacher:
                  arch_kwargs:dict|None=None, # keyword arguments for a zoo name
                  dtype=None, # autocast dtype of the forward pass (torch.bfloat16 / torch.float16); None: full precision
                  channels_last:bool|None=None, # channels-last weights and inputs (None: on CUDA only)
-                 tfms=None, # the teacher's own inputs from the student's batch: a `TeacherInputs` or any callable x -> x
+                 tfms=None, # the teacher's own inputs from the student's batch: `TeacherInputs(...)`, or any x -> x
                 ):
         if dtype is not None and dtype not in (torch.bfloat16, torch.float16):
             raise ValueError(f"The teacher's dtype must be torch.bfloat16, torch.float16 or None, got {dtype!r}")
         if tfms is not None and not callable(tfms):
-            raise TypeError(f"tfms must be a TeacherInputs(...) or a function of the input batch, got {type(tfms).__name__}.")
+            raise TypeError(f"tfms must be a TeacherInputs(...) or a function of the input batch, "
+                            f"got {type(tfms).__name__}.")
         self.model,self.train_bn = as_module(model, arch, arch_kwargs),train_bn
         self.dtype,self.channels_last,self.tfms = dtype,channels_last,tfms
         self._saved = None
@@ -254,13 +263,14 @@ class FrozenTeacher:
         return None if p is None else p.device
 
     def freeze(self):
-        "Eval mode (BatchNorm optionally in train mode), no gradients, the input adapter on; remembers the previous state"
+        "Eval mode (BatchNorm optionally in train mode), no gradients, the input adapter on; remembers the state before"
         if self.frozen: return self
         m = self.model
         if self.tfms is not None and any(isinstance(getattr(h, '__self__', None), FrozenTeacher)
                                          for h in m._forward_pre_hooks.values()):
-            raise RuntimeError("This teacher model is already run by another FrozenTeacher with an input adapter: share one "
-                               "FrozenTeacher(model, tfms=...) between the callbacks, so that its inputs are adapted once.")
+            raise RuntimeError("This teacher model is already run by another FrozenTeacher with an input adapter: "
+                               "share one FrozenTeacher(model, tfms=...) between the callbacks, so that its inputs are "
+                               "adapted once.")
         self._saved = dict(modes={mod: mod.training for mod in m.modules()},
                            grads=[p.requires_grad for p in m.parameters()], device=self.device(),
                            strides=_strides_4d(m))
@@ -271,8 +281,8 @@ class FrozenTeacher:
             for mod in m.modules():
                 if isinstance(mod, nn.modules.batchnorm._BatchNorm): mod.train()
         m.requires_grad_(False)
-        # the adapter as a pre-hook on the whole model: every caller of the frozen teacher (callbacks, cache fill, traced
-        # shape probes) gives it the student's batch and the model sees its own inputs
+        # the adapter as a pre-hook on the whole model: every caller of the frozen teacher (callbacks, cache fill,
+        # traced shape probes) gives it the student's batch and the model sees its own inputs
         if self.tfms is not None: self._saved['hook'] = m.register_forward_pre_hook(self._own_inputs)
         return self
 
@@ -320,10 +330,10 @@ class FrozenTeacher:
             if self._saved.get('channels_last') and x.ndim == 4: x = x.contiguous(memory_format=torch.channels_last)
         return (x, *args[1:])
 
-    def check_inputs(self, xb:tuple|None=None, # a batch of the student's inputs (its first two items are used); None: no probe
-                     dls=None, # the student's loaders: the adapter's `from_stats` from their `Normalize` when it needs them
+    def check_inputs(self, xb:tuple|None=None, # the student's inputs (of which two items are used); None: no probe
+                     dls=None, # the student's loaders: the adapter's `from_stats` from their `Normalize`, if needed
                     ):
-        "Freeze, then run the teacher on two items of `xb` (BatchNorm in eval mode): a clear error now if it cannot take them"
+        "Freeze, then run the teacher on two items of `xb` (BatchNorm in eval mode): a clear error now if it cannot"
         self.freeze()
         if dls is not None and hasattr(self.tfms, 'for_dls'): self._saved['tfms'] = self.tfms.for_dls(dls)
         if xb is None: return None

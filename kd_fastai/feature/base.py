@@ -158,7 +158,7 @@ class FeatureDistillCallback(FitScopedCallback):
                  train_bn:bool|None=None, # teacher's BatchNorm in train mode during the fit (OFD); None: as the teacher has it
                  kd_weight=0., # weight of Hinton's KD term on the logits, from the same teacher forward pass; 0: none
                  T=4.0, # temperature of the KD term
-                 teacher_tfms=None, # the teacher's own inputs from the student's batch, e.g. `TeacherInputs(channels=3)`
+                 teacher_tfms=None, # the teacher's own inputs from the student's batch, e.g. TeacherInputs(channels=3)
                 ):
         if adapt not in ('auto', 'always', 'never'): raise ValueError(f"adapt must be 'auto', 'always' or 'never', got {adapt!r}.")
         if resize not in ('pool', 'error'): raise ValueError(f"resize must be 'pool' or 'error', got {resize!r}.")
@@ -166,8 +166,8 @@ class FeatureDistillCallback(FitScopedCallback):
             raise ValueError(f"preact must be None, 'student', 'teacher' or 'both', got {preact!r}.")
         store_attr('pairs,loss_func,feat_weight,task_weight,adapt,resize,stop_early,valid_features,preact,connector,train_bn,kd_weight,T')
         if isinstance(teacher, FrozenTeacher) and teacher_tfms is not None and teacher.tfms is not teacher_tfms:
-            raise ValueError("The teacher is a FrozenTeacher: give it the input adapter, FrozenTeacher(model, tfms=...), "
-                             "or pass the model itself with teacher_tfms=...")
+            raise ValueError("The teacher is a FrozenTeacher: give it the input adapter, "
+                             "FrozenTeacher(model, tfms=...), or pass the model itself with teacher_tfms=...")
         self.teacher = teacher if isinstance(teacher, FrozenTeacher) else \
             FrozenTeacher(teacher, bool(train_bn), arch=teacher_arch, tfms=teacher_tfms)
         self.adapters, self._built, self._dry = nn.ModuleDict(), {}, False

@@ -205,7 +205,7 @@ def classifier_input(model:nn.Module, xb:tuple|None=None, calls:list|None=None)-
     return FeaturePoint(lin[-1], 'input')
 
 def timm_stages(model:nn.Module)->list|None:
-    "Names of the stages that timm's `feature_info` lists for the timm model in `model` (the last of each reduction), or None"
+    "Names of the stages timm's `feature_info` lists for the timm model in `model` (last of each reduction), or None"
     mods = dict(model.named_modules())
     for name, m in mods.items():
         info = getattr(m, 'feature_info', None)
@@ -217,7 +217,7 @@ def timm_stages(model:nn.Module)->list|None:
     return None
 
 def feature_stages(model:nn.Module)->list:
-    "Names of `model`'s feature stages in forward order: a zoo model's blocks, timm's `feature_info`, or a (fastai) body's stem and block containers"
+    "`model`'s feature stages in forward order: zoo blocks, timm's `feature_info`, or a fastai body's stem and blocks"
     if hasattr(model, 'block_names'): return list(model.block_names)
     timm = timm_stages(model)
     if timm is not None: return timm

@@ -69,7 +69,7 @@ class PooledFeatureCallback(FeatureDistillCallback):
                  teacher_point:str|None=None, # module whose input is the teacher's pooled vector (None: automatic)
                  valid_metrics:bool=True, # also run the teacher on validation batches, for `feature_metrics()` / `kd_metrics()`
                  teacher_arch=None, # architecture when `teacher` is a weights-only file
-                 teacher_tfms=None, # the teacher's own inputs from the student's batch, e.g. `TeacherInputs(channels=3)`
+                 teacher_tfms=None, # the teacher's own inputs from the student's batch, e.g. TeacherInputs(channels=3)
                 ):
         super().__init__(teacher, None, loss_func, feat_weight=feat_weight, task_weight=ce_weight, adapt='never',
                          valid_features=valid_metrics, teacher_arch=teacher_arch, kd_weight=kd_weight, T=T,
@@ -153,7 +153,8 @@ class RKDCallback(PooledFeatureCallback):
                  w_dist:float=25.0, # weight of the distance term
                  w_angle:float=50.0, # weight of the angle term
                  feat_weight:float=1.0, # weight of the RKD term (RepDistiller -b 1)
-                 **kwargs, # `ce_weight`, `kd_weight` (1 for 'rkd+kd'), `T`, `student_point`, `teacher_point`, `valid_metrics`, `teacher_arch`, `teacher_tfms`
+                 **kwargs, # `ce_weight`, `kd_weight` (1 for 'rkd+kd'), `T`, `student_point`, `teacher_point`,
+                           # `valid_metrics`, `teacher_arch`, `teacher_tfms`
                 ):
         super().__init__(teacher, partial(rkd_loss, w_dist=w_dist, w_angle=w_angle), feat_weight=feat_weight, **kwargs)
         store_attr('w_dist,w_angle')

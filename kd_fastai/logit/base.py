@@ -13,25 +13,28 @@ __all__ = ['warmup_factor', 'LogitKDCallback']
 # %% ../../nbs/30_logit.base.ipynb #5811f094
 def warmup_factor(epoch:int, # 0-based epoch of the fit
                   n_epoch:int, # epochs of the fit
-                  warmup:float=0, # ramp length in epochs (0: no warm-up); clipped to `n_epoch`
+                  warmup:float=0, # ramp length in epochs (0: no warm-up)
+                  clip:bool=True, # clip the ramp to `n_epoch` (False: the official min(epoch/warmup, 1), epochs from 1)
                  )->float:
-    "Weight of the distillation term in `epoch`: min((epoch+1)/W, 1) with W = min(warmup, n_epoch), as DKD's min(epoch/warmup, 1) counted from 1"
+    "Weight of the distillation term in `epoch`: min((epoch+1)/W, 1), W = `warmup` (or min(warmup, n_epoch) with `clip`)"
     if warmup < 0: raise ValueError(f"warmup must be a number of epochs >= 0, got {warmup}")
     if not warmup: return 1.
-    return min((epoch + 1) / min(warmup, n_epoch), 1.)
+    return min((epoch + 1) / (min(warmup, n_epoch) if clip else warmup), 1.)
 
 # %% ../../nbs/30_logit.base.ipynb #bacb9fd2
 class LogitKDCallback(KDCallback):
     "Distil with `ce_weight` x task loss + warm-up x `kd_weight` x `loss_func(student, teacher, targets, **loss_kwargs)`"
     defaults = dict(ce_weight=0.1, kd_weight=0.9, warmup=0, T=4.)     # Hinton KD in mdistiller / RepDistiller
     ls_defaults = dict(ce_weight=0.1, kd_weight=9., warmup=0, T=2.)   # KD+LS: base temperature 2, KD weight 9
+    pair_settings, ls_pair_settings = {}, {}  # (teacher, student) zoo names -> the authors' settings for that pair
     def __init__(self,
                  teacher, # nn.Module, Learner, exported learner/weights path, or a `FrozenTeacher`
                  loss_func=soft_target_loss, # distillation term `f(student, teacher, targets, **loss_kwargs)`
                  ce_weight=None, # weight of the task loss (number or schedule); None: the method's default
                  kd_weight=None, # weight of the distillation term (number or schedule); None: the method's default
-                 warmup=None, # linear warm-up of the distillation term in epochs (clipped to the fit), or a schedule
+                 warmup=None, # linear warm-up of the distillation term in epochs (official: min(epoch/warmup, 1)), or a schedule
                  standardize:bool=False, # logit standardisation (LS) in the loss, with the LS authors' defaults
+                 warmup_fit:bool=False, # clip the warm-up to the fit's length (so that a short fit reaches full weight)
                  train_bn:bool=False, # keep the teacher's BatchNorm in train mode
                  valid_metrics:bool=True, # also run the teacher on validation batches for `kd_metrics()`
                  teacher_arch=None, # architecture when `teacher` is a weights-only file
@@ -39,6 +42,8 @@ class LogitKDCallback(KDCallback):
                  **loss_kwargs, # hyper-parameters of `loss_func` (T, beta, ...); None takes the default
                 ):
         d = self.ls_defaults if standardize else self.defaults
+        given = dict(ce_weight=ce_weight, kd_weight=kd_weight, warmup=warmup, **loss_kwargs)
+        self._given, self.warmup_fit, self._pair_said = {k for k, v in given.items() if v is not None}, warmup_fit, None
         pick = lambda k, v: d.get(k) if v is None else v
         self.ce_weight, self.kd_weight, self.warmup = pick('ce_weight', ce_weight), pick('kd_weight', kd_weight), pick('warmup', warmup) or 0
         kw = {k: v for k, v in d.items() if k not in ('ce_weight', 'kd_weight', 'warmup')}
@@ -54,10 +59,38 @@ class LogitKDCallback(KDCallback):
                          valid_metrics=valid_metrics, teacher_arch=teacher_arch, teacher_dtype=teacher_dtype)
         self.standardize, self.loss_kwargs = standardize, kw
 
+    def pair_defaults(self, teacher_name, student_name)->dict:
+        "The authors' settings for the (teacher, student) pair of zoo names, {} when they chose none for it"
+        return dict((self.ls_pair_settings if self.standardize else self.pair_settings).get((teacher_name, student_name), {}))
+
+    def setup(self):
+        super().setup()
+        self.apply_pair_defaults()
+
+    def apply_pair_defaults(self):
+        "Fill the arguments not passed with the pair's settings for this fit (restored after it); say so once"
+        if not (self.ls_pair_settings if self.standardize else self.pair_settings): return
+        names = getattr(self.teacher.model, 'name', None), getattr(self.learn.model, 'name', None)
+        d = {k: v for k, v in self.pair_defaults(*names).items() if k not in self._given}
+        if d:
+            old = dict(ce_weight=self.ce_weight, kd_weight=self.kd_weight, warmup=self.warmup, T=self.T), dict(self.loss_kwargs)
+            for k, v in d.items():
+                if k in ('ce_weight', 'kd_weight', 'warmup'): setattr(self, k, v)
+                else: self.loss_kwargs[k] = v
+                if k == 'T': self.T = v
+            def undo(): self.__dict__.update(old[0]); self.loss_kwargs = old[1]
+            self.on_exit(undo)
+        m = type(self).__name__.replace('Callback', '') + ('+LS' if self.standardize else '')
+        msg = (f"{m}: per-pair settings for {names[0]} -> {names[1]} (official config): "
+               + ', '.join(f'{k}={v:g}' for k, v in d.items())) if d else \
+              (f"{m}: no per-pair settings for {names[0]} -> {names[1]}: the method's generic defaults are used"
+               + (f" (passed explicitly: {sorted(self._given)})" if self.pair_defaults(*names) else ''))
+        if msg != self._pair_said: print(msg); self._pair_said = msg
+
     def kd_scale(self)->float:
         "Warm-up x `kd_weight` for the current batch"
         w = self.warmup
-        ramp = w(self.pct_train) if callable(w) else warmup_factor(self.epoch, self.n_epoch, w)
+        ramp = w(self.pct_train) if callable(w) else warmup_factor(self.epoch, self.n_epoch, w, clip=self.warmup_fit)
         return ramp * self._value(self.kd_weight)
 
     def teacher_logits(self):

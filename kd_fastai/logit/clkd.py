@@ -12,7 +12,11 @@ __all__ = ['CLKDCallback']
 
 # %% ../../nbs/35_logit.clkd.ipynb #b4b8c343
 class CLKDCallback(LogitKDCallback):
-    "Class-aware logit KD (Zhang et al. 2022, reconstructed): 0.1 CE + mu (L_ins + beta L_cla) + nu L_cc"
+    """Class-aware logit KD (Zhang et al. 2022, reconstructed): 0.1 CE + mu (L_ins + beta L_cla) + nu L_cc.
+    No official code exists. L_cc here compares the uncentred C x C Gram matrices of the column-normalised logits
+    (the cosine similarity of each pair of classes over the batch), the reading of the paper's class correlation that
+    reuses L_cla's normalisation; the two public re-implementations differ: one uses a centred covariance over the
+    classes (C x C), the other a correlation over the batch (B x B, between samples)."""
     defaults = dict(ce_weight=0.1, kd_weight=1., warmup=0, mu=0.5, beta=2., nu=0.4)
     ls_defaults = defaults
     def __init__(self,

@@ -8,25 +8,34 @@ from ..losses.logit import dkd_loss
 from .base import LogitKDCallback
 
 # %% auto #0
-__all__ = ['DKD_BETAS', 'DKDCallback']
+__all__ = ['DKD_BETAS', 'DKD_LS_SETTINGS', 'DKDCallback']
 
 # %% ../../nbs/31_logit.dkd.ipynb #cc0e6001
 DKD_BETAS = {('cifar_resnet56', 'cifar_resnet20'): 2., ('cifar_resnet110', 'cifar_resnet32'): 2.,
              ('cifar_resnet32x4', 'cifar_resnet8x4'): 8., ('wrn_40_2', 'wrn_16_2'): 6.,
              ('wrn_40_2', 'wrn_40_1'): 6., ('vgg13', 'vgg8'): 6.}  # (teacher, student) -> beta, mdistiller's CIFAR-100 configs
+_ls = lambda T, w, b: dict(T=T, kd_weight=w, beta=b)
+DKD_LS_SETTINGS = {('wrn_40_2', 'wrn_16_2'): _ls(2., 12., 2.), ('wrn_40_2', 'wrn_40_1'): _ls(2., 12., 2.),
+                   ('vgg13', 'vgg8'): _ls(2., 15., 2.), ('cifar_resnet56', 'cifar_resnet20'): _ls(3., 18., 2.),
+                   ('cifar_resnet110', 'cifar_resnet32'): _ls(2., 15., 2.), ('cifar_resnet110', 'cifar_resnet20'): _ls(2., 15., 2.),
+                   ('cifar_resnet32x4', 'cifar_resnet8x4'): _ls(2., 9., 8.), ('wrn_40_2', 'cifar_resnet8x4'): _ls(2., 18., 2.),
+                   ('cifar_resnet32x4', 'wrn_16_2'): _ls(2., 9., 2.), ('cifar_resnet32x4', 'wrn_40_2'): _ls(2., 9., 8.)
+                  }  # (teacher, student) -> (T, kd_weight, beta) of DKD+LS, from the LS authors' CIFAR-100 logs
 
 class DKDCallback(LogitKDCallback):
     "Decoupled KD (Zhao et al., CVPR 2022): CE + warm-up x (alpha TCKD + beta NCKD)"
     defaults = dict(ce_weight=1., kd_weight=1., warmup=20, T=4., alpha=1., beta=8.)
     ls_defaults = dict(ce_weight=1., kd_weight=9., warmup=20, T=2., alpha=1., beta=8.)  # DKD+LS: alpha, beta x 9, T = 2
+    pair_settings = {k: dict(beta=b) for k, b in DKD_BETAS.items()}
+    ls_pair_settings = DKD_LS_SETTINGS
     def __init__(self,
                  teacher, # nn.Module, Learner, exported learner/weights path, or a `FrozenTeacher`
                  alpha=None, # weight of TCKD (default 1)
-                 beta=None, # weight of NCKD (default 8; per pair in `DKD_BETAS`)
+                 beta=None, # weight of NCKD (default 8; per zoo pair: `DKD_BETAS`, `DKD_LS_SETTINGS`)
                  T=None, # temperature (default 4; 2 with `standardize`)
                  ce_weight=None, # weight of the task loss (default 1)
                  kd_weight=None, # multiplies alpha and beta (default 1; 9 with `standardize`)
-                 warmup=None, # warm-up epochs (default 20, clipped to the fit), or a schedule f(pct_train)
+                 warmup=None, # warm-up epochs (default 20: official min(epoch/20, 1)), or a schedule f(pct_train)
                  standardize:bool=False, # DKD+LS: z-scored logits with the LS authors' weights
                  **kwargs, # `train_bn`, `valid_metrics`, `teacher_arch`, `teacher_dtype` (see `LogitKDCallback`)
                 ):

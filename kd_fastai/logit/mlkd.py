@@ -125,6 +125,7 @@ class MLKDCallback(LogitKDCallback):
     _stateattrs = LogitKDCallback._stateattrs + ('strong_aug', 'strong_x')  # a user's lambda must not break learn.export()
     defaults = dict(ce_weight=0.1, kd_weight=0.9, warmup=0, temperatures=(2., 3., 4., 5., 6.))
     ls_defaults = dict(ce_weight=0.1, kd_weight=9., warmup=0, temperatures=(2., 3., 5., 2., 6.))  # MLKD+LS: base temperature 2
+    ls_pair_settings = {('vgg13', 'vgg8'): dict(kd_weight=6.)}  # MLKD+LS per pair (LS authors' logs); others 9
     def __init__(self,
                  teacher, # nn.Module, Learner, exported learner/weights path, or a `FrozenTeacher`
                  strong_aug=None, # f(*inputs) -> their strong view (one tensor per input), or a dict of `StrongAugment` options (default `StrongAugment()`: images)

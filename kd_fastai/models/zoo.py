@@ -213,7 +213,7 @@ def vgg(convs:list, # number of convs in each of the 5 groups, e.g. [1,1,1,1,1] 
         widths:tuple=(64, 128, 256, 512, 512), # channels of each group
         name:str='vgg', # zoo name stored on the model
        )->ZooNet:
-    "CIFAR VGG with BatchNorm as RepDistiller's: conv-BN-ReLU groups, each output taken before the max-pool that opens the next"
+    "CIFAR VGG with BatchNorm as RepDistiller's: conv-BN-ReLU groups, each output before the max-pool opening the next"
     if len(convs) != len(widths): raise ValueError(f"vgg needs one conv count per group: got convs={convs} for widths={widths}.")
     blocks, ni, n_groups = OrderedDict(), in_channels, len(convs)
     for b, (n, nf) in enumerate(zip(convs, widths), 1):
@@ -226,7 +226,7 @@ def vgg(convs:list, # number of convs in each of the 5 groups, e.g. [1,1,1,1,1] 
         blocks[f'block{b}'] = nn.Sequential(layers)
     blocks['head'] = nn.Sequential(OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(ni, num_classes)))
     net = init_weights(ZooNet(blocks, name=name))
-    nn.init.normal_(net.head.fc.weight, 0, 0.01); nn.init.zeros_(net.head.fc.bias)  # RepDistiller's classifier initialisation
+    nn.init.normal_(net.head.fc.weight, 0, 0.01); nn.init.zeros_(net.head.fc.bias)  # RepDistiller's classifier init
     return net
 
 # %% ../../nbs/06_models.zoo.ipynb #0cd4baac

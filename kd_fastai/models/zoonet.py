@@ -30,7 +30,7 @@ class ZooNet(nn.Sequential):
 
 # %% ../../nbs/03_models.zoonet.ipynb #15c557d3
 def init_weights(model:nn.Module):
-    "Kaiming-normal conv weights (fan_out, relu) with zero bias; BatchNorm weight 1, bias 0. Returns `model`."
+    "`model` with Kaiming-normal conv weights (fan_out, relu), zero conv biases, and BatchNorm weight 1 and bias 0"
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')

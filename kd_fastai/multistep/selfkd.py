@@ -141,7 +141,7 @@ def shard_pairs(ddl): # fastai's `DistributedDL` over a class-pair loader
 # %% ../../nbs/52_multistep.selfkd.ipynb #7b9cf681
 def class_pair_dl(dl, # a fastai `DataLoader` over an indexed data set with one class per item
                   labels=None, # the class of every item; None reads them from `dl` (see `loader_labels`)
-                  include_self:bool=True, # a partner may be the sample itself (the official sampler); False: another sample
+                  include_self:bool=True, # a partner may be the sample itself (official sampler); False: another one
                  ):
     "A copy of training loader `dl` whose batches are B samples followed by B same-class partners (CS-KD)"
     if is_class_pair_dl(dl): return dl
@@ -151,7 +151,8 @@ def class_pair_dl(dl, # a fastai `DataLoader` over an indexed data set with one 
     res = dl.new()
     res.rng = random.Random()
     res.rng.setstate(dl.rng.getstate())  # same random stream as the loader it replaces
-    sampler = ClassPairSampler(res, loader_labels(dl) if labels is None else [_class_id(y) for y in labels], include_self)
+    labels = loader_labels(dl) if labels is None else [_class_id(y) for y in labels]
+    sampler = ClassPairSampler(res, labels, include_self)
     res.class_pairs = sampler
     res.get_idxs, res.sample, res.chunkify = sampler.get_idxs, sampler.sample, sampler.chunkify
     return res
@@ -241,16 +242,18 @@ TFKD_MODELS = {'resnet18': 'resnet18', 'torchvision:resnet18': 'resnet18', 'torc
                'torchvision:mobilenet_v2': 'mobilenet_v2', 'torchvision:shufflenet_v2_x1_0': 'shufflenet_v2',
                'torchvision:densenet121': 'densenet121', 'torchvision:googlenet': 'googlenet',
                'torchvision:alexnet': 'alexnet'}  # zoo name -> the model of the Tf-KD code it is
-TFKD_SELF = {'resnet18': dict(alpha=0.95, T=6., multiplier=50.), 'mobilenet_v2': dict(alpha=0.95, T=20., multiplier=1.),
-             'shufflenet_v2': dict(alpha=0.95, T=20., multiplier=1.), 'densenet121': dict(alpha=0.9, T=20., multiplier=50.),
-             'googlenet': dict(alpha=0.4, T=20., multiplier=50.), 'resnext29': dict(alpha=0.9, T=20., multiplier=100.)}
-TFKD_VIRTUAL = {'resnet18': dict(alpha=0.1, T=20., multiplier=100.), 'mobilenet_v2': dict(alpha=0.95, T=40., multiplier=1.),
-                'shufflenet_v2': dict(alpha=0.95, T=10., multiplier=1.), 'googlenet': dict(alpha=0.1, T=40., multiplier=50.)}
+TFKD_SELF = {  # experiments/kd_experiments/*/<model>_self_teacher/params.json: alpha, temperature, multiplier
+    'resnet18': dict(alpha=0.95, T=6., multiplier=50.), 'mobilenet_v2': dict(alpha=0.95, T=20., multiplier=1.),
+    'shufflenet_v2': dict(alpha=0.95, T=20., multiplier=1.), 'densenet121': dict(alpha=0.9, T=20., multiplier=50.),
+    'googlenet': dict(alpha=0.4, T=20., multiplier=50.), 'resnext29': dict(alpha=0.9, T=20., multiplier=100.)}
+TFKD_VIRTUAL = {  # experiments/base_experiments/base_<model>/params.json: reg_alpha, reg_temperature, multiplier
+    'resnet18': dict(alpha=0.1, T=20., multiplier=100.), 'mobilenet_v2': dict(alpha=0.95, T=40., multiplier=1.),
+    'shufflenet_v2': dict(alpha=0.95, T=10., multiplier=1.), 'googlenet': dict(alpha=0.1, T=40., multiplier=50.)}
 TFKD_DEFAULT_MODEL = 'resnet18'  # whose setting a model without one of its own gets
 
 def tfkd_model(model)->str|None:
     "The Tf-KD model (a key of `TFKD_SELF`/`TFKD_VIRTUAL`) that `model` is: a module with a zoo `name`, or a name"
-    name = model if isinstance(model, str) else getattr(unwrap_model(model), 'name', None) if model is not None else None
+    name = model if isinstance(model, str) or model is None else getattr(unwrap_model(model), 'name', None)
     if not isinstance(name, str): return None
     key = name.lower()
     return TFKD_MODELS.get(key, key if key in TFKD_SELF or key in TFKD_VIRTUAL else None)
@@ -261,12 +264,13 @@ def tfkd_settings(table:dict, # `TFKD_SELF` or `TFKD_VIRTUAL`
                   keys=None, # the hyper-parameters to return (default: all of the table's)
                   **given, # values that replace the official ones (None: not given)
                  )->tuple:
-    "The official setting of `model` in `table` (`TFKD_DEFAULT_MODEL`'s if it has none) with `given` values instead, and a line saying so"
+    "The official setting of `model` in `table` (else `TFKD_DEFAULT_MODEL`'s), `given` values instead; a line saying so"
     key = tfkd_model(model)
     row = key if key in table else TFKD_DEFAULT_MODEL
     keys = list(table[row]) if keys is None else list(keys)
     res = {k: table[row][k] if given.get(k) is None else given[k] for k in keys}
-    name = model if isinstance(model, str) else getattr(unwrap_model(model), 'name', type(model).__name__) if model is not None else 'the model'
+    name = model if isinstance(model, str) else 'the model' if model is None else \
+        getattr(unwrap_model(model), 'name', type(model).__name__)
     src = f"the official setting of {row}" if key == row else f"no official setting for {name}: {row}'s"
     vals = ', '.join(f"{k}={_fmt(v)}" + (' (given)' if given.get(k) is not None else '') for k, v in res.items())
     return res, f"{what} for {name}: {vals} ({src})"
@@ -281,7 +285,8 @@ def tfkd_self_loss(student, # student logits (B, C)
                    T:float=6.0, alpha:float=0.95, multiplier:float=50.0, # the official setting of ResNet-18
                   ):
     "Tf-KD self-training, the authors' code: `(1-alpha)*CE + alpha*tfkd_self_term(s, t)`"
-    return (1 - alpha) * F.cross_entropy(student.float(), targets) + alpha * tfkd_self_term(student, teacher, T=T, multiplier=multiplier)
+    ce = F.cross_entropy(student.float(), targets)
+    return (1 - alpha) * ce + alpha * tfkd_self_term(student, teacher, T=T, multiplier=multiplier)
 
 def _check_form(form, multiplier):
     if form not in ('official', 'paper'):
@@ -299,7 +304,7 @@ def reinit_model(model:nn.Module, init=None)->nn.Module:
 @patch
 @delegates(Learner.fit_one_cycle)
 def self_distill(self:Learner, n_epoch:int, lr=None, # epochs and (max) learning rate of the distillation stage
-                 T=None, alpha=None, # temperature and weight of the distillation term; None: the official setting (`TFKD_SELF`)
+                 T=None, alpha=None, # temperature and weight of the KD term; None: the official setting (`TFKD_SELF`)
                  teacher=None, # an already trained copy of the model; None trains one first
                  teacher_epochs:int|None=None, # epochs of the teacher stage (default `n_epoch`)
                  teacher_lr=None, # learning rate of the teacher stage (default `lr`)
@@ -309,8 +314,8 @@ def self_distill(self:Learner, n_epoch:int, lr=None, # epochs and (max) learning
                  metrics:bool=True, # report `distill_loss` and `teacher_agreement` in the distillation stage
                  cbs=None, # extra callbacks for both stages
                  multiplier=None, # factor of the official KD term; None: the official setting
-                 form:str='official', # 'official': the authors' code (`tfkd_self_loss`); 'paper': Hinton's KD loss (`kd_loss`)
-                 model_name:str|None=None, # whose official setting: a key of `TFKD_SELF` or a zoo name; None: the learner's model
+                 form:str='official', # 'official': the authors' code (`tfkd_self_loss`); 'paper': Hinton's (`kd_loss`)
+                 model_name:str|None=None, # whose setting: a `TFKD_SELF` key or a zoo name; None: the learner's model
                  verbose:bool=True, # print the setting used once, when self-distillation starts
                  **kwargs):
     "Tf-KD self-training (Yuan et al. 2020): train the model, then distil the trained copy into a fresh student"
@@ -318,7 +323,8 @@ def self_distill(self:Learner, n_epoch:int, lr=None, # epochs and (max) learning
         raise ValueError(f"student must be 'reinit', 'initial' or 'continue', got {student!r}")
     if not callable(getattr(self, fit, None)): raise ValueError(f"Learner has no fit method {fit!r}: use 'fit_one_cycle', 'fit', ...")
     _check_form(form, multiplier)
-    hp, line = tfkd_settings(TFKD_SELF, self.model if model_name is None else model_name, f"Tf-KD self-training ({form} form)",
+    hp, line = tfkd_settings(TFKD_SELF, self.model if model_name is None else model_name,
+                             f"Tf-KD self-training ({form} form)",
                              keys=('alpha', 'T', 'multiplier') if form == 'official' else ('alpha', 'T'),
                              T=T, alpha=alpha, multiplier=multiplier)
     if verbose and is_rank0(): print(line)
@@ -345,8 +351,9 @@ def tfkd_virtual_loss(student, # student logits (B, C)
                       T:float=20.0, alpha:float=0.1, multiplier:float=100.0, # the official setting of ResNet-18
                       a:float=0.99, # probability of the correct class in the virtual teacher
                      ):
-    "Tf-KD virtual teacher, the authors' code: `(1-alpha)*CE + alpha*multiplier*nn.KLDivLoss()(log_softmax(s), softmax(p_d/T))`"
-    return (1 - alpha) * F.cross_entropy(student.float(), targets) + alpha * multiplier * _virtual_term(student, targets, T, a)
+    "Tf-KD virtual teacher, the authors' code: `(1-alpha)*CE + alpha*multiplier*KL_mean(softmax(p_d/T) || softmax(s))`"
+    ce = F.cross_entropy(student.float(), targets)
+    return (1 - alpha) * ce + alpha * multiplier * _virtual_term(student, targets, T, a)
 
 def _virtual_term(student, targets, T, a):
     "The official KL term: the student not softened, the virtual teacher softened by `T`, the element-wise mean"
@@ -355,15 +362,15 @@ def _virtual_term(student, targets, T, a):
     return F.kl_div(F.log_softmax(s, dim=-1), q, reduction='sum') / s.numel()  # nn.KLDivLoss()'s element-wise mean
 
 class VirtualTeacherCallback(FitScopedCallback):
-    "Tf-KD virtual teacher (Yuan et al. 2020), as the authors' code (`tfkd_virtual_loss`) or the paper's equation (`form='paper'`)"
+    "Tf-KD virtual teacher (Yuan et al. 2020): the authors' code (`tfkd_virtual_loss`) or the paper's (`form='paper'`)"
     order = GradientAccumulation.order - 1  # the loss must be complete before gradient accumulation rescales it
     def __init__(self,
                  T=None, # temperature (number or schedule `f(pct_train)`); None: the official setting (`TFKD_VIRTUAL`)
                  alpha=None, # weight of the virtual-teacher term (number or schedule); None: the official setting
                  a=0.99, # probability of the correct class in the virtual teacher
                  multiplier=None, # factor of the official term; None: the official setting
-                 form:str='official', # 'official': the authors' code; 'paper': eq. 9 of the paper (`virtual_teacher_loss`)
-                 model_name:str|None=None, # whose official setting: a key of `TFKD_VIRTUAL` or a zoo name; None: the learner's model
+                 form:str='official', # 'official': the authors' code; 'paper': eq. 9 (`virtual_teacher_loss`)
+                 model_name:str|None=None, # whose setting: a `TFKD_VIRTUAL` key or zoo name; None: the learner's model
                  verbose:bool=True, # print the setting used once when a training fit starts
                 ):
         if not 0 < a <= 1: raise ValueError(f"a must be in (0, 1], got {a}")

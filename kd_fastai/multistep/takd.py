@@ -57,12 +57,12 @@ def kldiv_mean_loss(student:torch.Tensor, # student logits (B, C)
                     targets:torch.Tensor|None=None, # ignored: soft targets only
                     T:float=4.0, # softmax temperature
                    )->torch.Tensor:
-    "`T^2 * nn.KLDivLoss()(log_softmax(s/T), softmax(t/T))`: the KL averaged over all B*C elements (TAKD's, Tf-KD's code)"
+    "`T^2 * nn.KLDivLoss()(log_softmax(s/T), softmax(t/T))`: the KL averaged over all B*C elements (TAKD's code)"
     if student.shape != teacher.shape:
         raise ValueError(f"Student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ in shape: "
                          "both models must predict the same number of classes.")
     s, t = student.float(), teacher.detach().float()
-    # the sum over the B*C elements divided by their number: PyTorch has announced that reduction='mean' will become 'batchmean'
+    # the sum over the B*C elements divided by their number (PyTorch will make reduction='mean' mean 'batchmean')
     return F.kl_div(F.log_softmax(s / T, dim=-1), F.softmax(t / T, dim=-1), reduction='sum') / s.numel() * (T * T)
 
 TAKD_KD_TERMS = {'mean': kldiv_mean_loss, 'batchmean': soft_target_loss}  # `reduction` of `distill_chain` -> KD term
@@ -77,7 +77,9 @@ def _per_stage(v, n:int, what:str)->list:
         return list(v)
     return [v] * n
 
-def _fmt(v)->str: return f'{v:g}' if isinstance(v, (int, float)) else getattr(v, '__name__', repr(v))  # number, schedule, slice
+def _fmt(v)->str:
+    "A number, schedule or slice for a printed line"
+    return f'{v:g}' if isinstance(v, (int, float)) else getattr(v, '__name__', repr(v))
 
 def _is_zoo_name(m)->bool:
     if not isinstance(m, str) or Path(m).suffix in ('.pth', '.pt', '.pkl') or Path(m).exists(): return False
@@ -125,7 +127,7 @@ def distill_chain(models, # [teacher, assistant_1, ..., student]: modules, Learn
                   epochs=5, # epochs of each distillation stage: one number or one per stage
                   T=4.0, # temperature: one value or one per stage
                   alpha=0.9, # weight of the distillation term (the paper's lambda): one value or one per stage
-                  reduction:str='mean', # KD term: 'mean' (nn.KLDivLoss() element-wise, the official code) or 'batchmean' (Hinton's)
+                  reduction:str='mean', # KD term: 'mean' (nn.KLDivLoss(), the official code) or 'batchmean' (Hinton's)
                   lr=1e-2, # max learning rate (one-cycle): one value or one per stage
                   train_teacher:bool|None=None, # train the teacher on labels first (default: only if given as a zoo name)
                   teacher_epochs:int|None=None, # epochs of the teacher's own training (default: the first stage's)
@@ -146,7 +148,8 @@ def distill_chain(models, # [teacher, assistant_1, ..., student]: modules, Learn
     if len(models) < 2: raise ValueError(f"A chain needs a teacher and at least a student, got {len(models)} model(s).")
     n = len(models) - 1
     if reduction not in TAKD_KD_TERMS:
-        raise ValueError(f"reduction must be 'mean' (the official nn.KLDivLoss() term) or 'batchmean' (Hinton's), got {reduction!r}.")
+        raise ValueError(f"reduction must be 'mean' (the official nn.KLDivLoss() term) or 'batchmean' (Hinton's), "
+                         f"got {reduction!r}.")
     epochs, T, alpha, lr = (_per_stage(v, n, w) for v, w in ((epochs, 'epochs'), (T, 'T'), (alpha, 'alpha'), (lr, 'lr')))
     names = [_is_zoo_name(m) for m in models]
     if train_teacher is False and names[0]:
@@ -154,8 +157,9 @@ def distill_chain(models, # [teacher, assistant_1, ..., student]: modules, Learn
                          "or let distill_chain train it (train_teacher=True or None).")
     train_teacher = names[0] if train_teacher is None else train_teacher
     if verbose and is_rank0():
-        print(f"TAKD chain, KD term {reduction} ({'nn.KLDivLoss() element-wise mean, the official code' if reduction == 'mean' else 'per-sample KL, Hinton'}): "
-              + '; '.join(f"stage {k+1} T={_fmt(T[k])} alpha={_fmt(alpha[k])} epochs={epochs[k]} lr={_fmt(lr[k])}" for k in range(n)))
+        how = 'nn.KLDivLoss() element-wise mean, the official code' if reduction == 'mean' else 'per-sample KL, Hinton'
+        stages = [f"stage {k+1} T={_fmt(T[k])} alpha={_fmt(alpha[k])} epochs={epochs[k]} lr={_fmt(lr[k])}" for k in range(n)]
+        print(f"TAKD chain, KD term {reduction} ({how}): " + '; '.join(stages))
     rngs, cudnn = _loader_rngs(dls), (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     zoo_kw = _zoo_kwargs(dls, num_classes, model_kwargs) if any(names) else None
     _put_back_rngs(rngs)  # (iterating a loader draws a new generator)
@@ -186,7 +190,8 @@ def distill_chain(models, # [teacher, assistant_1, ..., student]: modules, Learn
             else:
                 teach = LogitEnsemble(trained) if ensemble else trained[-1]
                 row['teacher'] = ('ensemble(' + ', '.join(_name(m) for m in trained) + ')') if ensemble else _name(trained[-1])
-                kd = KDCallback(FrozenTeacher(teach), T=T[k-1], alpha=alpha[k-1], loss_func=TAKD_KD_TERMS[reduction], valid_metrics=False)
+                kd = KDCallback(FrozenTeacher(teach), T=T[k-1], alpha=alpha[k-1], loss_func=TAKD_KD_TERMS[reduction],
+                                valid_metrics=False)
                 with learn.no_bar(), learn.no_logging(), launched_ctx(learn):  # several processes (torchrun): fastai's DDP
                     learn.fit_one_cycle(epochs[k-1], lr[k-1], cbs=[kd, best] + list(cbs or []))
                 row.update(epochs=epochs[k-1], T=T[k-1], alpha=alpha[k-1], lr=lr[k-1])
