@@ -38,7 +38,6 @@ from kd_fastai.multistep.takd import BestWeights
 from kd_fastai.multistep.rco import RCOCallback
 from kd_fastai.core.registry import UNCACHED, METHODS as LIBRARY_METHODS, is_feature_method
 from kd_fastai.models.zoo import zoo_model, count_parameters
-from kd_fastai.logit.dkd import DKD_BETAS
 from kd_fastai.experiments.runs import mean_std, to_markdown, write_csv
 import kd_fastai.core.registry  # noqa: F401 (Learner.distill with method=)
 
@@ -284,10 +283,9 @@ def get_teacher(args, dls, name, log):
 
 
 def pair_kwargs(method, teacher, student):
-    "Per-pair hyper-parameters of the authors: DKD's beta, LS's tau = 3 for vgg13 -> vgg8"
+    "Per-pair settings the library does not look up itself: KD+LS's tau = 3 for vgg13 -> vgg8 (DKD's beta and DKD+LS's\n    (T, weight, beta) come from the callbacks' own per-pair tables)"
     kw = {}
-    if method in ('dkd', 'dkd+ls') and (teacher, student) in DKD_BETAS: kw['beta'] = DKD_BETAS[teacher, student]
-    if method.endswith('+ls') and (teacher, student) == ('vgg13', 'vgg8') and method != 'mlkd+ls': kw['T'] = 3.
+    if method == 'kd+ls' and (teacher, student) == ('vgg13', 'vgg8'): kw['T'] = 3.
     return kw
 
 

@@ -114,17 +114,23 @@ def execute(nb_path: Path, dest: Path):
     ru = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     print(f'cpu_seconds={sum(r.ru_utime + r.ru_stime for r in ru):.1f}')
 
-def execute_all(nbs: list[Path], jobs: int, timeout: int) -> dict[Path, tuple[float, float]]:
-    "Execute `nbs` in subprocesses, `jobs` at a time, the longest of the last build first; (wall, CPU) seconds of each"
+def execute_all(nbs: list[Path], jobs: int, timeout: int, retries: int = 1) -> dict[Path, tuple[float, float]]:
+    """Execute `nbs` in subprocesses, `jobs` at a time, the longest of the last build first; (wall, CPU) seconds of
+    each. A notebook that fails is run `retries` more times (a flaky test cell should not cost the site: `nbdev_test`
+    is where the notebooks' tests fail), with a warning that shows the failure."""
     try: last = json.loads((BUILD/'manifest.json').read_text())['seconds']
     except (OSError, ValueError, KeyError): last = {}
     order = sorted(nbs, key=lambda nb: -last.get(f'execute {nb.name}', [0])[0])
     def one(nb):
         t0 = time.time()
         dest = EXECUTED/nb.relative_to(NBS)
-        r = subprocess.run([sys.executable, __file__, '--execute', str(nb), str(dest)], cwd=ROOT,
-                           capture_output=True, text=True, timeout=timeout)
-        if r.returncode: raise RuntimeError(f'executing {nb.name} failed:\n{r.stdout[-2000:]}\n{r.stderr[-6000:]}')
+        for attempt in range(retries + 1):
+            r = subprocess.run([sys.executable, __file__, '--execute', str(nb), str(dest)], cwd=ROOT,
+                               capture_output=True, text=True, timeout=timeout)
+            if not r.returncode: break
+            msg = f'executing {nb.name} failed:\n{r.stdout[-2000:]}\n{r.stderr[-6000:]}'
+            if attempt == retries: raise RuntimeError(msg)
+            print(f'WARNING (run again): {msg}', flush=True)
         cpu = re.findall(r'^cpu_seconds=([\d.]+)$', r.stdout, re.M)
         return time.time() - t0, float(cpu[-1]) if cpu else float('nan')
     with ThreadPoolExecutor(jobs) as ex: res = dict(zip(order, ex.map(one, order)))
@@ -415,7 +421,7 @@ def nav(names: list[str]) -> list:
 
 # -------------------------------------------------------------------------------------------------------------- main
 
-def build(jobs: int = 2, timeout: int = 1800, execute_nbs: bool = True) -> dict:
+def build(jobs: int = 2, timeout: int = 1800, execute_nbs: bool = True, retries: int = 1) -> dict:
     t0 = time.time()
     nbs = find_notebooks()
     teach = teaching_notebooks(nbs)
@@ -423,7 +429,7 @@ def build(jobs: int = 2, timeout: int = 1800, execute_nbs: bool = True) -> dict:
     times = {}
     if execute_nbs:
         shutil.rmtree(EXECUTED, ignore_errors=True)
-        times = execute_all(teach, jobs, timeout)
+        times = execute_all(teach, jobs, timeout, retries)
         for nb, (w, c) in times.items(): print(f'  executed {nb.name}: {w:.0f} s ({c:.0f} s of CPU)', flush=True)
     executed = {nb: EXECUTED/nb.relative_to(NBS) for nb in teach if (EXECUTED/nb.relative_to(NBS)).exists()}
     t1 = time.time()
@@ -466,9 +472,10 @@ if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--jobs', type=int, default=int(os.environ.get('DOCS_JOBS', 2)), help='notebooks run at once')
     ap.add_argument('--timeout', type=int, default=1800, help='seconds one notebook may take')
+    ap.add_argument('--retries', type=int, default=1, help='runs more of a notebook that fails')
     ap.add_argument('--no-execute', action='store_true',
                     help='execute nothing: the pages take the outputs of the executed copies there are (quick preview)')
     ap.add_argument('--execute', nargs=2, metavar=('NOTEBOOK', 'DEST'), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.execute: execute(Path(a.execute[0]).resolve(), Path(a.execute[1]).resolve())
-    else: build(a.jobs, a.timeout, not a.no_execute)
+    else: build(a.jobs, a.timeout, not a.no_execute, a.retries)

@@ -7,7 +7,7 @@ __all__ = []
 
 # %% ../nbs/90_all.ipynb #faafee06
 # the teacher, the fit-scoped restore, KD and the method registry (`Learner.distill`)
-from .core.teacher import FrozenTeacher, as_module
+from .core.teacher import FrozenTeacher, TeacherInputs, as_module
 from .core.fitscope import FitScopedCallback
 from .core.kd import KDCallback, kd_metrics
 from .core.registry import METHODS, method_callback
@@ -17,11 +17,12 @@ from .losses.logit import (soft_target_loss, kd_loss, standardize_logits, dkd_lo
 from .losses.feature import rkd_loss, ofd_loss, hcl_loss, CRDLoss
 # logit methods
 from .logit.base import LogitKDCallback
-from .logit.dkd import DKDCallback, DKD_BETAS
+from .logit.dkd import DKDCallback, DKD_BETAS, DKD_LS_SETTINGS
 from .logit.dist import DISTCallback
 from .logit.mlkd import MLKDCallback, StrongAugment
 from .logit.sdd import SDDCallback
 from .logit.clkd import CLKDCallback
+from .logit.cwd import CWDCallback, cwd_loss
 # feature methods
 from .feature.hookpoints import find_module, feature_stages
 from .feature.base import FeatureDistillCallback, StopAt, feature_metrics
@@ -50,15 +51,17 @@ from .data.fmnist import find_fashion_mnist, load_fashion_mnist
 from .data.core import (FMNIST_CLASSES, FMNIST_MEAN, FMNIST_STD, fashion_mnist_dls, tensor_image_dls, synthetic_dls,
     TensorImageData, TensorImageDL, RandomCropFlip, ResizeImages, RepeatChannels)
 
-__all__ = ['FrozenTeacher', 'as_module', 'FitScopedCallback', 'KDCallback', 'kd_metrics', 'METHODS', 'method_callback',
-    'soft_target_loss', 'kd_loss', 'standardize_logits', 'dkd_loss', 'dist_loss', 'mlkd_loss', 'sdd_loss', 'clkd_loss',
-    'cskd_loss', 'virtual_teacher_loss', 'feature_mse_loss', 'attention_transfer_loss', 'rkd_loss', 'ofd_loss', 'hcl_loss',
-    'CRDLoss', 'LogitKDCallback', 'DKDCallback', 'DKD_BETAS', 'DISTCallback', 'MLKDCallback', 'StrongAugment',
-    'SDDCallback', 'CLKDCallback', 'find_module', 'feature_stages', 'FeatureDistillCallback', 'StopAt', 'feature_metrics',
-    'FitNetCallback', 'AttentionTransferCallback', 'RKDCallback', 'CRDCallback', 'OFDCallback', 'ReviewKDCallback',
-    'TeacherCache', 'CachedKDCallback', 'cached_callback', 'CachedMLKDCallback', 'cached_feature_callback',
-    'distill_chain', 'Route', 'RouteRecorder', 'RCOCallback', 'CSKDCallback', 'VirtualTeacherCallback', 'class_pair_dl',
-    'StagewiseDistiller', 'TrainOnly', 'MODELS', 'zoo_model', 'model_summary', 'count_parameters', 'torchvision_model',
-    'pretrained_teacher', 'pretrained_names', 'pretrained_info', 'find_fashion_mnist', 'load_fashion_mnist',
-    'FMNIST_CLASSES', 'FMNIST_MEAN', 'FMNIST_STD', 'fashion_mnist_dls', 'tensor_image_dls', 'synthetic_dls',
-    'TensorImageData', 'TensorImageDL', 'RandomCropFlip', 'ResizeImages', 'RepeatChannels']
+__all__ = ['FrozenTeacher', 'TeacherInputs', 'as_module', 'FitScopedCallback', 'KDCallback', 'kd_metrics', 'METHODS',
+    'method_callback', 'soft_target_loss', 'kd_loss', 'standardize_logits', 'dkd_loss', 'dist_loss',
+    'mlkd_loss', 'sdd_loss', 'clkd_loss', 'cskd_loss', 'virtual_teacher_loss', 'feature_mse_loss',
+    'attention_transfer_loss', 'rkd_loss', 'ofd_loss', 'hcl_loss', 'CRDLoss', 'LogitKDCallback', 'DKDCallback',
+    'DKD_BETAS', 'DKD_LS_SETTINGS', 'DISTCallback', 'MLKDCallback', 'StrongAugment', 'SDDCallback',
+    'CLKDCallback', 'CWDCallback', 'cwd_loss', 'find_module', 'feature_stages', 'FeatureDistillCallback',
+    'StopAt', 'feature_metrics', 'FitNetCallback', 'AttentionTransferCallback', 'RKDCallback', 'CRDCallback',
+    'OFDCallback', 'ReviewKDCallback', 'TeacherCache', 'CachedKDCallback', 'cached_callback',
+    'CachedMLKDCallback', 'cached_feature_callback', 'distill_chain', 'Route', 'RouteRecorder', 'RCOCallback',
+    'CSKDCallback', 'VirtualTeacherCallback', 'class_pair_dl', 'StagewiseDistiller', 'TrainOnly', 'MODELS',
+    'zoo_model', 'model_summary', 'count_parameters', 'torchvision_model', 'pretrained_teacher',
+    'pretrained_names', 'pretrained_info', 'find_fashion_mnist', 'load_fashion_mnist', 'FMNIST_CLASSES',
+    'FMNIST_MEAN', 'FMNIST_STD', 'fashion_mnist_dls', 'tensor_image_dls', 'synthetic_dls', 'TensorImageData',
+    'TensorImageDL', 'RandomCropFlip', 'ResizeImages', 'RepeatChannels']

@@ -11,6 +11,7 @@ from fastai.learner import Learner, load_learner
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.mixup import MixUp
 from fastai.metrics import accuracy
+from fastai.losses import CrossEntropyLossFlat
 from fastai.vision.all import (DataBlock, ImageBlock, PILImageBW, CategoryBlock, get_image_files, parent_label,
                                RandomSplitter, Resize, ResizeMethod, Normalize, aug_transforms, vision_learner)
 from torchvision.models import resnet18
@@ -335,3 +336,46 @@ def test_segmentation_dense(tmp_path, topk):
         with pytest.raises(ValueError, match=r'would take 9 items x 3 classes x 32 x 32 x 2 bytes.*per item'):
             with student.no_bar(), student.no_logging(): student.fit(1, cbs=CachedKDCallback(teacher, memory_budget=10_000, verbose=False))
         assert teacher.training
+
+
+# --- data fingerprints on any data set, and a stale cache (issue 41) -------------------------------------------------
+
+def quiet_fit(dls, cb, epochs=1, quiet=True):
+    "A fit at learning rate 0 that fails on any warning about the teacher cache (when `quiet`)"
+    import warnings as w
+    learn = Learner(dls, small_net(), loss_func=CrossEntropyLossFlat(), lr=0.)
+    with w.catch_warnings(), learn.no_bar(), learn.no_logging():
+        if quiet: w.filterwarnings('error', message='.*teacher cache')
+        learn.fit(epochs, 0., cbs=cb)
+
+
+def test_tensor_dataset_cache_is_reused(teacher, tmp_path):
+    from torch.utils.data import TensorDataset
+    from fastai.data.core import DataLoaders
+    X, Y = torch.rand(40, 1, 12, 12), torch.randint(0, 3, (40,))
+    tds = lambda X: DataLoaders.from_dsets(TensorDataset(X, Y), TensorDataset(X[:8], Y[:8]), bs=8, device='cpu')
+    counted = Counting(teacher)
+    cb = CachedKDCallback(counted, path=tmp_path, verbose=False)
+    quiet_fit(tds(X), cb); quiet_fit(tds(X), cb)
+    quiet_fit(tds(X), CachedKDCallback(counted, path=tmp_path, verbose=False))
+    assert counted.seen == 48  # filled once, kept across fits, reused from disk
+    X2 = X.clone(); X2[5] += 0.5
+    with pytest.warns(UserWarning, match='different data'):
+        quiet_fit(tds(X2), CachedKDCallback(counted, path=tmp_path, verbose=False), quiet=False)
+
+
+def test_stale_cache_named_and_refreshed(teacher, tmp_path):
+    "fastai Datasets over indices: a changed image outside the fingerprint's sample stops the fit, naming the stale cache"
+    from fastai.data.core import Datasets
+    from fastai.torch_core import TensorImage, TensorCategory
+    imgs, labs = torch.rand(100, 1, 12, 12), torch.randint(0, 3, (100,))
+    def dls():
+        return Datasets(range(100), tfms=[[lambda i: TensorImage(imgs[i])], [lambda i: TensorCategory(labs[i])]],
+                        splits=[list(range(84)), list(range(84, 100))]).dataloaders(bs=12, device='cpu')
+    quiet_fit(dls(), CachedKDCallback(teacher, path=tmp_path, verbose=False))
+    unseen = sorted(set(range(84)) - set(np.linspace(0, 83, 64).round().astype(int).tolist()))[0]
+    imgs[unseen] = 1 - imgs[unseen]
+    with pytest.raises(RuntimeError, match=r'\(1\) a stale cache: this train cache was loaded from .*refresh=True'):
+        quiet_fit(dls(), CachedKDCallback(teacher, path=tmp_path, verbose=False))
+    quiet_fit(dls(), CachedKDCallback(teacher, path=tmp_path, verbose=False, refresh=True), epochs=2)
+    quiet_fit(dls(), CachedKDCallback(teacher, path=tmp_path, verbose=False))  # the rebuilt cache is right

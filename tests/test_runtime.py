@@ -8,6 +8,7 @@ import fastai, fastcore
 from fastai.learner import Learner, load_learner
 from fastai.metrics import accuracy
 from kd_fastai.all import *
+from kd_fastai.experiments.runs import run_training, run_in_processes, summarize_runs, plot_curves  # not in the curated API
 from kd_fastai.test_utils import small_net
 
 

@@ -32,7 +32,7 @@ def _same_shape(student:Tensor, teacher:Tensor):
 
 def _check_logits(student:Tensor, teacher:Tensor, targets:Tensor|None=None, ndim:int=2,
                   what:str='logits of shape (B, C)'):
-    "Raise a clear `ValueError` unless student and teacher have the same `ndim`-d shape and `targets` one index per sample"
+    "Raise a clear `ValueError` unless student and teacher have the same `ndim`-d shape and `targets` one index each"
     _same_shape(student, teacher)
     if student.ndim != ndim: raise ValueError(f"Expected {what}, got shape {tuple(student.shape)}.")
     if targets is not None and tuple(targets.shape) != tuple(student.shape[:1]):
@@ -40,26 +40,26 @@ def _check_logits(student:Tensor, teacher:Tensor, targets:Tensor|None=None, ndim
                          f"{tuple(student.shape)}, got targets of shape {tuple(targets.shape)}.")
 
 def _position_targets(targets, shape:tuple, need:bool)->Tensor|None:
-    "The class index of each position of logits of `shape` (B, C, *S) as (B*prod(S),) int64; None if unusable and not `need`"
+    "The class index of each position of logits of `shape` (B, C, *S), (B*prod(S),) int64; None: unusable, not `need`ed"
     b, sp = shape[0], tuple(shape[2:])
     want = f"({b},)" if not sp else str((b, *sp))
-    if not isinstance(targets, Tensor) or targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+    if not isinstance(targets, Tensor) or targets.is_floating_point() or targets.dtype in (torch.bool, torch.complex64):
         got = targets.dtype if isinstance(targets, Tensor) else type(targets).__name__
-        if need: raise ValueError(f"Expected integer class indices of shape {want} for logits {tuple(shape)}, got {got} targets.")
+        if need: raise ValueError(f"Expected integer class indices of shape {want} for logits {tuple(shape)}, got {got}.")
         return None
-    if tuple(targets.shape) in ((b, *sp), (b, 1, *sp)): return _plain(targets).reshape(-1).long()  # (B, 1): fastai's tabular
+    if tuple(targets.shape) in ((b, *sp), (b, 1, *sp)): return _plain(targets).reshape(-1).long()  # (B, 1): tabular
     if need or sp:
         raise ValueError(f"Expected {b} class indices (shape {want}) for logits {tuple(shape)}, got targets of shape "
                          f"{tuple(targets.shape)}.")
     return None
 
-def logit_rows(student:Tensor, # logits with the classes at dimension 1: (B, C), or dense (B, C, *S) such as (B, C, H, W)
+def logit_rows(student:Tensor, # logits, the classes at dimension 1: (B, C), or dense (B, C, *S) such as (B, C, H, W)
                teacher:Tensor, # teacher logits of the same shape
-               targets:Tensor|None=None, # class indices (B,) or (B, 1); (B, *S) for dense logits; None: keep every position
-               ignore_index:int|None=-100, # the target of the positions left out (PyTorch's and fastai's `ignore_index`)
-               need_targets:bool=False, # the loss uses the targets: raise unless they are class indices, one per position
+               targets:Tensor|None=None, # class indices (B,) or (B, 1); (B, *S) for dense logits; None: keep them all
+               ignore_index:int|None=-100, # target of the positions left out (PyTorch's and fastai's `ignore_index`)
+               need_targets:bool=False, # the loss uses the targets: raise unless they are one class index per position
               )->tuple[Tensor, Tensor, Tensor|None]:
-    "Student and teacher logits as one row of C class logits per position (N, C), ignored positions left out; targets (N,)"
+    "Student and teacher logits as one row of C class logits per position (N, C), ignored ones left out; targets (N,)"
     student, teacher = _plain(student), _plain(teacher)
     _same_shape(student, teacher)
     if student.ndim < 2:
@@ -68,8 +68,8 @@ def logit_rows(student:Tensor, # logits with the classes at dimension 1: (B, C),
     c = student.shape[1]
     if c < 2:
         raise ValueError(f"Logit distillation compares distributions over the classes at dimension 1, but the logits "
-                         f"{tuple(student.shape)} have {c} channel there: a regression output or a single sigmoid channel "
-                         "has no class distribution to distil. Give the model one logit per class (C >= 2).")
+                         f"{tuple(student.shape)} have {c} channel there: a regression output or a single sigmoid "
+                         "channel has no class distribution to distil. Give the model one logit per class (C >= 2).")
     y = _position_targets(targets, tuple(student.shape), need_targets)
     s, t = student.movedim(1, -1).reshape(-1, c), teacher.movedim(1, -1).reshape(-1, c)
     if y is not None and ignore_index is not None:
