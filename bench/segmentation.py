@@ -192,6 +192,8 @@ def summary(df:pd.DataFrame)->pd.DataFrame:
         if method not in ('teacher', 'alone') and paired:
             gains = g.set_index('seed').test_miou[paired] - alone.test_miou[paired]
             row['gain in mIoU (pts)'] = mean_std(gains) + f" ({(gains > 0).sum()}/{len(gains)} seeds up)"
+        agree = g.get('valid_teacher_agreement', pd.Series(dtype=float)).dropna()
+        row['held-out teacher agreement (%)'] = mean_std(agree) if len(agree) else ''  # KD metric, per pixel
         row.update({'best epoch': ' '.join(str(int(e)) for e in g.best_epoch),
                     'sec/epoch': round(g.sec_per_epoch.mean(), 2),
                     'CPU sec/epoch': round(g.cpu_sec_per_epoch.mean(), 2),

@@ -255,6 +255,15 @@ _ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
 _LINK = re.compile(r'(!?)\[([^\]]*)\]\(([^)\s]+)((?:\s+"[^"]*")?)\)')
 _TICKED = re.compile(r'(?<![\[\w`])`([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(\(\))?`(?![\]`])')
 
+def terminal(text: str) -> str:
+    "What a terminal shows for `text`: ANSI codes dropped, each '\\r' writing over its line (progress bars), no blank lines"
+    lines = []
+    for line in _ANSI.sub('', text).split('\n'):
+        shown = ''
+        for seg in line.split('\r'): shown = seg + shown[len(seg):]
+        if shown.strip(): lines.append(shown.rstrip())
+    return '\n'.join(lines)
+
 def fence(text: str, lang: str = '') -> str:
     ticks = '```'
     while ticks in text: ticks += '`'
@@ -345,8 +354,8 @@ class Converter:
             t = o.get('output_type')
             if t == 'stream':
                 if o.get('name') == 'stderr': continue  # warnings and progress noise
-                text = _ANSI.sub('', src({'source': o.get('text', '')}))
-                if text.strip(): res.append(fence(text, 'text'))
+                text = terminal(src({'source': o.get('text', '')}))
+                if text: res.append(fence(text, 'text'))
             elif t in ('display_data', 'execute_result'):
                 data, meta = o.get('data', {}), o.get('metadata', {})
                 img = next((k for k in ('image/svg+xml', 'image/png', 'image/jpeg') if k in data), None)
@@ -374,9 +383,12 @@ class Converter:
         cells = read_nb(nb)['cells']
         if ran:  # outputs from the executed copy, cell by cell
             done = read_nb(self.executed[nb])['cells']
-            assert len(done) == len(cells), f'{self.executed[nb]} does not match {nb}: run `make docs` again'
-            for c, e in zip(cells, done):
-                if c['cell_type'] == 'code': c['outputs'] = e.get('outputs', [])
+            if len(done) != len(cells):  # only with --no-execute: a copy older than the notebook
+                print(f'WARNING: {self.executed[nb].name} is out of date: {nb.name} is shown without outputs', flush=True)
+                ran = False
+            else:
+                for c, e in zip(cells, done):
+                    if c['cell_type'] == 'code': c['outputs'] = e.get('outputs', [])
         apis, out, n = self.apis.get(nb, {}), [], [0]
         if not any(c['cell_type'] == 'markdown' and re.search(r'^# ', src(c), re.M) for c in cells):
             out.append(f'# {page}\n')

@@ -146,23 +146,32 @@ def test_every_notebook_is_a_page(site):
     assert (SITE/'index.html').is_file() and (SITE/'search'/'search_index.json').is_file()
 
 
+def build_module():
+    "docs/build.py as a module"
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('docs_build', ROOT/'docs'/'build.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
 def test_teaching_notebooks_executed(site):
-    "Each teaching notebook ran, and what its cells print or display is on its page"
+    "Each teaching notebook ran, and what its cells print or return is on its page"
     import html, re
-    executed = {p.name: p for p in (BUILD/'executed').rglob('*.ipynb')}
-    assert len(executed) == len(site['teaching'])
+    build = build_module()
+    executed = {str(p.relative_to(BUILD/'executed')): p for p in (BUILD/'executed').rglob('*.ipynb')}
+    assert {site['pages'][k] for k in executed} == set(site['teaching'].values())
     shown = 0
-    for page in site['teaching'].values():
-        nb = next(p for n, p in executed.items() if site['pages'][str(p.relative_to(BUILD/'executed'))] == page)
+    for name, nb in executed.items():
+        page = site['pages'][name]
         text = html.unescape(re.sub(r'<[^>]+>', '', (SITE/page).read_text()))
         for c in json.loads(nb.read_text())['cells']:
             for o in c.get('outputs', []):
                 if o['output_type'] == 'stream' and o['name'] == 'stdout': out = ''.join(o['text'])
                 elif 'text/plain' in o.get('data', {}) and len(o['data']) == 1: out = ''.join(o['data']['text/plain'])
                 else: continue
-                first = next(l for l in out.splitlines() if l.strip())
-                assert first.strip() in text, (page, first)
-                shown += 1
+                if lines := build.terminal(out).splitlines():
+                    assert lines[0].strip() in text, (page, lines[0])
+                    shown += 1
         for img in re.findall(r'<img[^>]+src="([^"]+_files/[^"]+)"', (SITE/page).read_text()):
             assert (SITE/img).is_file(), img
     assert shown, 'no output of a teaching notebook on the site'
@@ -170,10 +179,9 @@ def test_teaching_notebooks_executed(site):
 
 def test_outputs_render(tmp_path):
     "The build's renderer on a made-up notebook: a plot becomes an image file, show_doc a table, HTML passes through"
-    import base64, importlib.util, io
+    import base64, io
     from PIL import Image
-    spec = importlib.util.spec_from_file_location('docs_build', ROOT/'docs'/'build.py')
-    build = importlib.util.module_from_spec(spec); spec.loader.exec_module(build)
+    build = build_module()
     buf = io.BytesIO(); Image.new('RGB', (8, 6), 'red').save(buf, format='PNG')
     def f(teacher, T:float=4.0):  # a function with docments
         "Distil `teacher`"
@@ -183,13 +191,15 @@ def test_outputs_render(tmp_path):
              'data': {'image/png': base64.b64encode(buf.getvalue()).decode(), 'text/plain': '<Figure>'}},
             {'output_type': 'execute_result', 'data': {'text/markdown': build.ApiDoc(f, name='f')._repr_markdown_()}},
             {'output_type': 'display_data', 'data': {'text/html': '<table><tr><td>x</td></tr></table>'}},
-            {'output_type': 'stream', 'name': 'stderr', 'text': 'a warning'}]
+            {'output_type': 'stream', 'name': 'stderr', 'text': 'a warning'},
+            {'output_type': 'stream', 'name': 'stdout', 'text': ' 0% [0/2]\r 50% [1/2]\r            \r\repoch 1\n'}]
     build.PAGES = tmp_path
     md = '\n'.join(build.Converter.outputs(None, 'page', outs, [0]))
     assert '![output](page_files/output_1.png){ .nb-image width=4 }' in md
     assert (tmp_path/'page_files'/'output_1.png').read_bytes() == buf.getvalue()
     assert '### `f` { #f .api-heading }' in md and '| `teacher` |' in md and '| `T` | `float` | `4.0` |' in md
     assert '<table><tr><td>x</td></tr></table>' in md and 'a warning' not in md
+    assert '```text\nepoch 1\n```' in md and '[1/2]' not in md  # a progress bar leaves what the terminal shows
 
 
 def test_home_page(site, browser):

@@ -90,3 +90,4 @@ def test_summary_pairs_gains_by_seed():
     assert list(t.index) == ['teacher', 'alone', 'kd']
     assert t.loc['kd', 'gain in mIoU (pts)'] == '0.50 ± 2.12 (1/2 seeds up)'  # gains +2 and -1 points
     assert t.loc['alone', 'test mIoU (%)'] == '55.00 ± 7.07'
+    assert t.loc['alone', 'held-out teacher agreement (%)'] == ''  # no column: no teacher, no agreement

@@ -64,10 +64,11 @@ class KDCallback(FitScopedCallback):
                  valid_metrics:bool=True, # also run the teacher on validation batches for `kd_metrics()`
                  teacher_arch=None, # architecture when `teacher` is a weights-only file
                  teacher_dtype=None, # autocast dtype of the teacher's forward pass, e.g. torch.bfloat16 (see `FrozenTeacher`)
+                 teacher_tfms=None, # the teacher's own inputs from the student's batch, e.g. `TeacherInputs(channels=3)`
                 ):
         store_attr('T,alpha,loss_func,valid_metrics')
         self.teacher = teacher if isinstance(teacher, FrozenTeacher) else \
-            FrozenTeacher(teacher, train_bn, arch=teacher_arch, dtype=teacher_dtype)
+            FrozenTeacher(teacher, train_bn, arch=teacher_arch, dtype=teacher_dtype, tfms=teacher_tfms)
         self.teacher_out = self.kd_term = self.agreement = None
 
     def _value(self, v): return v(self.pct_train) if callable(v) else v
@@ -82,6 +83,7 @@ class KDCallback(FitScopedCallback):
                                "Remove it with learn.remove_cb(KDCallback) or add a new KDCallback(teacher).")
         self.teacher.freeze()
         self.on_exit(self.teacher.restore)
+        self.teacher.check_inputs(None, self.dls)  # an input adapter learns the student's statistics (no teacher call)
         # follow the student's memory format (channels_last from fastai's ChannelsLast callback)
         w = next((m.weight for m in self.learn.model.modules() if isinstance(m, nn.Conv2d)), None)
         if self.teacher.channels_last is None and w is not None and w.dim() == 4 and not w.is_contiguous() \

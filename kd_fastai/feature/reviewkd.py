@@ -58,7 +58,7 @@ class ReviewKDCallback(FeatureDistillCallback):
                  teacher, # nn.Module, Learner, file path or `FrozenTeacher`
                  pairs=None, # (student, teacher) stage pairs; None: every stage after the stem, by resolution when the counts differ (`stage_pairs`)
                  feat_weight=None, # weight w; None: `REVIEWKD_WEIGHTS` for the two zoo names, else 1.0
-                 warmup=20, # warm-up epochs (`warmup_factor`: clipped to the fit; 0: none) or a schedule f(pct_train)
+                 warmup=20, # warm-up epochs (official: min(epoch/warmup, 1), epochs from 1; 0: none) or a schedule f(pct_train)
                  max_mid:int=512, # ABF mid channels: min(max_mid, the student's pooled channels)
                  task_weight:float=1., # weight of the learner's loss (CE)
                  kd_weight=0., T=4., # an added KD term and its temperature (see `FeatureDistillCallback`)
@@ -81,7 +81,7 @@ class ReviewKDCallback(FeatureDistillCallback):
 
     def feat_scale(self)->float:
         w = self.warmup
-        return w(self.pct_train) if callable(w) else warmup_factor(self.epoch, self.n_epoch, w)
+        return w(self.pct_train) if callable(w) else warmup_factor(self.epoch, self.n_epoch, w, clip=False)
 
     def make_connectors(self, fs, ft):
         "The ABF stack from the first batch's geometry (kept when a later fit has the same), checked on that batch"

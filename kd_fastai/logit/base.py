@@ -39,6 +39,7 @@ class LogitKDCallback(KDCallback):
                  valid_metrics:bool=True, # also run the teacher on validation batches for `kd_metrics()`
                  teacher_arch=None, # architecture when `teacher` is a weights-only file
                  teacher_dtype=None, # autocast dtype of the teacher, e.g. torch.bfloat16
+                 teacher_tfms=None, # the teacher's own inputs from the student's batch, e.g. `TeacherInputs(channels=3)`
                  **loss_kwargs, # hyper-parameters of `loss_func` (T, beta, ...); None takes the default
                 ):
         d = self.ls_defaults if standardize else self.defaults
@@ -56,7 +57,8 @@ class LogitKDCallback(KDCallback):
         bad = [k for k in kw if not _accepts(loss_func, k)]
         if bad: raise TypeError(f"{type(self).__name__}: {getattr(loss_func, '__name__', loss_func)} takes no argument(s) {bad}.")
         super().__init__(teacher, T=kw.get('T'), alpha=None, loss_func=loss_func, train_bn=train_bn,
-                         valid_metrics=valid_metrics, teacher_arch=teacher_arch, teacher_dtype=teacher_dtype)
+                         valid_metrics=valid_metrics, teacher_arch=teacher_arch, teacher_dtype=teacher_dtype,
+                         teacher_tfms=teacher_tfms)
         self.standardize, self.loss_kwargs = standardize, kw
 
     def pair_defaults(self, teacher_name, student_name)->dict:
@@ -83,7 +85,8 @@ class LogitKDCallback(KDCallback):
         m = type(self).__name__.replace('Callback', '') + ('+LS' if self.standardize else '')
         msg = (f"{m}: per-pair settings for {names[0]} -> {names[1]} (official config): "
                + ', '.join(f'{k}={v:g}' for k, v in d.items())) if d else \
-              (f"{m}: no per-pair settings for {names[0]} -> {names[1]}: the method's generic defaults are used"
+              (f"{m}: no per-pair settings for " + (f"{names[0]} -> {names[1]}" if all(names) else
+                "models without zoo names") + ": the method's generic defaults are used"
                + (f" (passed explicitly: {sorted(self._given)})" if self.pair_defaults(*names) else ''))
         if msg != self._pair_said: print(msg); self._pair_said = msg
 
