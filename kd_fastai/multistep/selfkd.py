@@ -114,7 +114,8 @@ class ClassPairSampler:
 
 def is_class_pair_dl(dl)->bool:
     "Whether `dl` yields CS-KD class-wise pairs (made by `class_pair_dl`; also behind fastai's `DistributedDL`)"
-    return isinstance(getattr(plain_dl(dl), '__dict__', {}).get('class_pairs'), ClassPairSampler)
+    s = getattr(plain_dl(dl), '__dict__', {}).get('class_pairs')  # by class name: a reloaded module's class counts too
+    return any(c.__name__ == 'ClassPairSampler' for c in type(s).__mro__)
 
 class PairShards:
     "Each rank's share of a class-pair loader behind fastai's `DistributedDL`: whole batches of B samples + B partners"
